@@ -1,0 +1,397 @@
+//! The gateway's configuration: what operators write in `policies/*.toml`.
+//!
+//! Loading is two steps, both before any request is served: [`parse`] turns
+//! the text into typed structs (with the key path and line of any type error),
+//! then [`validate`] checks what types cannot: references between pools,
+//! routes and policies, addresses, sizes. Every error names the file, line,
+//! key path and reason; all of them are reported at once.
+
+mod size;
+mod validate;
+
+pub use size::ByteSize;
+pub use validate::validate;
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// The configuration text embedded in the binary for `portcullis demo`.
+pub const DEV_TOML: &str = include_str!("../../../policies/dev.toml");
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the error is in.
+    pub file: PathBuf,
+    /// 1-based line and column, when known.
+    pub line_col: Option<(usize, usize)>,
+    /// Dotted key path, e.g. `routes[2].pools[0]`.
+    pub key: String,
+    /// Why it is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, col)) = self.line_col {
+            write!(f, ":{line}:{col}")?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.reason)
+        } else {
+            write!(f, ": {}: {}", self.key, self.reason)
+        }
+    }
+}
+
+/// All the problems found in one configuration, in file order.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A configuration file as written: the text (for line numbers) and its parse.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Where it was read from (`<embedded dev.toml>` for the demo).
+    pub file: PathBuf,
+    /// Directory relative paths in the file are resolved against.
+    pub base_dir: PathBuf,
+    /// The raw text.
+    pub text: String,
+}
+
+impl Source {
+    /// Read a configuration file.
+    pub fn read(path: &Path) -> Result<Source, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line_col: None,
+                key: String::new(),
+                reason: format!("cannot read: {e}"),
+            }])
+        })?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(Source { file: path.to_path_buf(), base_dir, text })
+    }
+
+    /// The embedded development configuration.
+    pub fn embedded_dev() -> Source {
+        Source {
+            file: PathBuf::from("<embedded policies/dev.toml>"),
+            base_dir: PathBuf::from("."),
+            text: DEV_TOML.to_string(),
+        }
+    }
+
+    /// 1-based line and column of a byte offset.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let upto = &self.text[..offset.min(self.text.len())];
+        let line = upto.matches('\n').count() + 1;
+        let col = upto.rfind('\n').map_or(upto.len(), |nl| upto.len() - nl - 1) + 1;
+        (line, col)
+    }
+
+    /// An error at a spanned value.
+    pub fn error_at<T>(&self, at: &Spanned<T>, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line_col: Some(self.line_col(at.span().start)),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// An error with no position (e.g. something missing from the file).
+    pub fn error(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError { file: self.file.clone(), line_col: None, key: key.into(), reason: reason.into() }
+    }
+
+    /// Resolve a path written in the file.
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+    }
+}
+
+/// Parse the text into typed configuration (types and unknown keys only).
+pub fn parse(source: &Source) -> Result<Config, ConfigErrors> {
+    let de = toml::de::Deserializer::parse(&source.text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: source.file.clone(),
+            line_col: e.span().map(|s| source.line_col(s.start)),
+            key: String::new(),
+            reason: e.message().trim().to_string(),
+        }])
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        ConfigErrors(vec![ConfigError {
+            file: source.file.clone(),
+            line_col: inner.span().map(|s| source.line_col(s.start)),
+            key: if key == "." { String::new() } else { key },
+            reason: inner.message().trim().to_string(),
+        }])
+    })
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Settings of the gateway process itself.
+    #[serde(default)]
+    pub gateway: Gateway,
+    /// Limits applied to every policy instance.
+    #[serde(default)]
+    pub runtime: Runtime,
+    /// Where clients connect.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// Groups of upstream targets.
+    #[serde(default)]
+    pub pools: Vec<Pool>,
+    /// Policy components by name; the name is also the policy's fact namespace.
+    #[serde(default)]
+    pub policies: BTreeMap<String, PolicyDef>,
+    /// Routes, matched by the router policy.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gateway {
+    /// The policy that runs first and picks the route (`router`).
+    pub router: Spanned<String>,
+    /// JSON-lines audit file; relative to the config file.
+    pub audit_log: Option<String>,
+    /// Directory for compiled components; default `$XDG_CACHE_HOME/portcullis`.
+    pub cache_dir: Option<String>,
+    /// Peers whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (CIDRs).
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// Largest request head accepted (431 above it).
+    pub max_request_head: ByteSize,
+    /// Default largest request body per route (413 above it).
+    pub max_request_body: ByteSize,
+    /// File holding the key for `host.pseudonym` (HMAC); a random per-process key when absent.
+    pub pseudonym_key_file: Option<String>,
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Gateway {
+            router: Spanned::new(0..0, "router".to_string()),
+            audit_log: None,
+            cache_dir: None,
+            trusted_proxies: Vec::new(),
+            max_request_head: ByteSize(64 * 1024),
+            max_request_body: ByteSize(16 * 1024 * 1024),
+            pseudonym_key_file: None,
+        }
+    }
+}
+
+/// `[runtime]`: limits of each policy instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    /// Wall-clock budget of one policy call, milliseconds.
+    pub policy_deadline_ms: u64,
+    /// Largest linear memory of one instance.
+    pub policy_memory: ByteSize,
+    /// Policy instances alive at once (the pooling allocator's size).
+    pub max_instances: u32,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime { policy_deadline_ms: 100, policy_memory: ByteSize(4 * 1024 * 1024), max_instances: 256 }
+    }
+}
+
+/// `[[listeners]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Name shown to policies and in the audit log.
+    pub name: String,
+    /// `ip:port` to bind.
+    pub address: Spanned<String>,
+    /// Seconds a keep-alive connection may sit idle / take to send a head.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
+}
+
+fn default_header_timeout() -> u64 {
+    30_000
+}
+
+/// How a pool picks a target.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Each target in turn.
+    #[default]
+    RoundRobin,
+    /// The target with the fewest requests in flight.
+    LeastConnections,
+}
+
+/// `[[pools]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    /// Name routes refer to.
+    pub name: Spanned<String>,
+    /// Where the servers are (e.g. `fsn1`); used by the residency policy.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// `host:port` of each server.
+    pub targets: Vec<Spanned<String>>,
+    /// Balancing strategy.
+    #[serde(default)]
+    pub balance: Balance,
+    /// TCP connect budget.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Budget from sending the request to the upstream's response head (504 after).
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout_ms: u64,
+    /// How long an idle upstream connection is kept for reuse.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// Passive health: eject a target after consecutive failures.
+    #[serde(default)]
+    pub passive: Passive,
+    /// Active health checks; none when absent.
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
+}
+
+fn default_connect_timeout() -> u64 {
+    2_000
+}
+fn default_response_timeout() -> u64 {
+    30_000
+}
+fn default_idle_timeout() -> u64 {
+    60_000
+}
+
+/// `[pools.passive]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Passive {
+    /// Consecutive failures (connect errors, timeouts) before ejection.
+    pub max_failures: u32,
+    /// How long an ejected target is left out.
+    pub eject_ms: u64,
+}
+
+impl Default for Passive {
+    fn default() -> Self {
+        Passive { max_failures: 3, eject_ms: 30_000 }
+    }
+}
+
+/// `[pools.health]`: the platforms' defaults are 30 s, 3 s, 3 failures.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheck {
+    /// Path probed with GET; any 2xx is healthy.
+    pub path: String,
+    /// Time between probes.
+    pub interval_ms: u64,
+    /// Budget of one probe.
+    pub timeout_ms: u64,
+    /// Consecutive failed probes before a target is down.
+    pub unhealthy_after: u32,
+    /// Consecutive good probes before a down target is up again.
+    pub healthy_after: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck { path: "/health".into(), interval_ms: 30_000, timeout_ms: 3_000, unhealthy_after: 3, healthy_after: 1 }
+    }
+}
+
+/// `[policies.<name>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDef {
+    /// A `.wasm` component path (relative to the config file) or `builtin:<name>`.
+    pub component: Spanned<String>,
+    /// The policy's settings, readable through `host.setting`.
+    #[serde(default)]
+    pub settings: toml::Table,
+}
+
+/// How a route's path is compared.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathMatch {
+    /// At a segment boundary (`/api` matches `/api/x`, not `/apix`).
+    #[default]
+    Prefix,
+    /// The whole path.
+    Exact,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Name in facts (`route.name`), the audit log and metrics.
+    pub name: Spanned<String>,
+    /// Hosts served (`api.example.org`, `*.example.org`); any when empty.
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    /// Path to match.
+    pub path: Spanned<String>,
+    /// How `path` is compared.
+    #[serde(default, rename = "match")]
+    pub path_match: PathMatch,
+    /// Methods allowed; any when empty (405 for others).
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// Candidate pools, in order of preference.
+    pub pools: Vec<Spanned<String>>,
+    /// Policies run after the router, in this order.
+    #[serde(default)]
+    pub chain: Vec<Spanned<String>>,
+    /// Largest request body (413 above it); the gateway default when absent.
+    #[serde(default)]
+    pub body_limit: Option<ByteSize>,
+    /// Pass `Upgrade` (WebSocket) requests through.
+    #[serde(default)]
+    pub websocket: bool,
+    /// Extra facts the router attaches (`route.<key>`), e.g. `roles`, `residency-class`.
+    #[serde(default)]
+    pub facts: BTreeMap<String, toml::Value>,
+    /// Per-policy settings overriding the policy's own for this route.
+    #[serde(default)]
+    pub settings: BTreeMap<String, toml::Table>,
+}

@@ -1,0 +1,15 @@
+//! Portcullis: an edge gateway whose every decision is made by a policy that
+//! is a WebAssembly component. See the README for the picture; the request
+//! path starts in [`proxy`].
+#![warn(missing_docs)]
+
+pub mod audit;
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod pool;
+pub mod proxy;
+pub mod runtime;
+pub mod serve;
+pub mod snapshot;

@@ -1,0 +1,105 @@
+//! The `portcullis` command line.
+
+use clap::{Parser, Subcommand};
+use portcullis::config::{self, Source};
+use portcullis::{demo, serve};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Portcullis: an edge gateway whose policies are WebAssembly components.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Tokio worker threads (default: one per core).
+    #[arg(long, global = true)]
+    workers: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a configuration file.
+    Serve {
+        /// The configuration (e.g. policies/gateway.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration: parse, references, components, every policy's check-config.
+    Check {
+        /// The configuration to check.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Serve the embedded policies/dev.toml with loopback stand-ins for the ProCare services.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.workers {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.enable_all().build().expect("tokio runtime");
+    rt.block_on(async move {
+        match cli.command {
+            Command::Serve { config } => match Source::read(&config) {
+                Ok(source) => report(serve::serve(&source).await),
+                Err(e) => report(Err(e.into())),
+            },
+            Command::Check { config } => {
+                let source = match Source::read(&config) {
+                    Ok(s) => s,
+                    Err(e) => return report(Err(e.into())),
+                };
+                match serve::load(&source).await {
+                    Ok(snap) => {
+                        println!(
+                            "{}: ok ({} routes, {} policies, {} pools; chain version {})",
+                            config.display(),
+                            snap.routes.len(),
+                            snap.policies.len(),
+                            snap.pools.len(),
+                            snap.version
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => report(Err(e)),
+                }
+            }
+            Command::Demo => {
+                let source = Source::embedded_dev();
+                let parsed = match config::parse(&source) {
+                    Ok(c) => c,
+                    Err(e) => return report(Err(e.into())),
+                };
+                for pool in &parsed.pools {
+                    for target in &pool.targets {
+                        let Ok(addr) = target.get_ref().parse() else { continue };
+                        if let Err(e) = demo::start_stand_in(pool.name.get_ref().clone(), addr).await {
+                            eprintln!("portcullis demo: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
+                eprintln!("portcullis demo: {} stand-in services on loopback; try: curl -s localhost:8080/api/clinical/vitals", parsed.pools.len());
+                report(serve::serve(&source).await)
+            }
+        }
+    })
+}
+
+fn report(result: Result<(), serve::StartError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

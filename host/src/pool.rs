@@ -1,0 +1,200 @@
+//! Upstream pools: targets, balancing, passive and active health.
+//!
+//! A target is left out while it is *ejected* (passive: it failed
+//! `max_failures` times in a row; it comes back after `eject_ms`) or *down*
+//! (active: `unhealthy_after` failed probes; up after `healthy_after` good
+//! ones). Each pool has its own hyper client, so its timeouts are its own and
+//! connections to its targets are pooled and reused.
+
+use crate::body::ProxyBody;
+use crate::config::{self, Balance};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+/// One upstream server.
+#[derive(Debug)]
+pub struct Target {
+    /// `host:port`.
+    pub address: String,
+    in_flight: AtomicU32,
+    consecutive_failures: AtomicU32,
+    ejected_until_ms: AtomicU64,
+    down: AtomicBool,
+    probe_failures: AtomicU32,
+    probe_successes: AtomicU32,
+}
+
+impl Target {
+    fn new(address: String) -> Target {
+        Target {
+            address,
+            in_flight: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            down: AtomicBool::new(false),
+            probe_failures: AtomicU32::new(0),
+            probe_successes: AtomicU32::new(0),
+        }
+    }
+
+    fn available(&self, now_ms: u64) -> bool {
+        !self.down.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// Requests to this target not yet answered.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// A group of interchangeable targets in one region.
+pub struct Pool {
+    /// Name routes use.
+    pub name: String,
+    /// Region of every target in the pool.
+    pub region: Option<String>,
+    /// The servers.
+    pub targets: Vec<Arc<Target>>,
+    balance: Balance,
+    next: AtomicUsize,
+    passive: config::Passive,
+    health: Option<config::HealthCheck>,
+    /// Budget for the upstream's response head.
+    pub response_timeout: Duration,
+    /// The pool's HTTP client (keep-alive connections per target).
+    pub client: Client<HttpConnector, ProxyBody>,
+}
+
+/// Milliseconds since the process started; the clock ejections are kept in.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+impl Pool {
+    /// A pool from its configuration.
+    pub fn new(cfg: &config::Pool) -> Pool {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_millis(cfg.idle_timeout_ms))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Pool {
+            name: cfg.name.get_ref().clone(),
+            region: cfg.region.clone(),
+            targets: cfg.targets.iter().map(|t| Arc::new(Target::new(t.get_ref().clone()))).collect(),
+            balance: cfg.balance,
+            next: AtomicUsize::new(0),
+            passive: cfg.passive.clone(),
+            health: cfg.health.clone(),
+            response_timeout: Duration::from_millis(cfg.response_timeout_ms),
+            client,
+        }
+    }
+
+    /// Pick an available target, or `None` when every target is ejected or down.
+    pub fn pick(&self) -> Option<Lease> {
+        let now = now_ms();
+        let n = self.targets.len();
+        let chosen = match self.balance {
+            Balance::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n).map(|i| &self.targets[(start + i) % n]).find(|t| t.available(now))
+            }
+            Balance::LeastConnections => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                // Ties go round robin so equal targets share the load.
+                (0..n).map(|i| &self.targets[(start + i) % n]).filter(|t| t.available(now)).min_by_key(|t| t.in_flight())
+            }
+        }?;
+        chosen.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Lease { target: chosen.clone() })
+    }
+
+    /// Record the outcome of an exchange with a target (passive health).
+    pub fn report(&self, target: &Target, ok: bool) {
+        if ok {
+            target.consecutive_failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let failures = target.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= self.passive.max_failures {
+            target.ejected_until_ms.store(now_ms() + self.passive.eject_ms, Ordering::Relaxed);
+            target.consecutive_failures.store(0, Ordering::Relaxed);
+            tracing::warn!(pool = %self.name, target = %target.address, failures, eject_ms = self.passive.eject_ms, "target ejected");
+        }
+    }
+
+    /// Start the active health checks of this pool; they stop when the pool is dropped.
+    pub fn spawn_health_checks(self: &Arc<Self>) {
+        let Some(check) = self.health.clone() else { return };
+        let weak: Weak<Pool> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_millis(check.interval_ms));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Some(pool) = weak.upgrade() else { return };
+                for target in pool.targets.clone() {
+                    let ok = probe(&pool, &target, &check).await;
+                    pool.record_probe(&target, ok, &check);
+                }
+            }
+        });
+    }
+
+    fn record_probe(&self, target: &Target, ok: bool, check: &config::HealthCheck) {
+        if ok {
+            target.probe_failures.store(0, Ordering::Relaxed);
+            let good = target.probe_successes.fetch_add(1, Ordering::Relaxed) + 1;
+            if good >= check.healthy_after && target.down.swap(false, Ordering::Relaxed) {
+                tracing::info!(pool = %self.name, target = %target.address, "target up (active health check)");
+            }
+        } else {
+            target.probe_successes.store(0, Ordering::Relaxed);
+            let bad = target.probe_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if bad >= check.unhealthy_after && !target.down.swap(true, Ordering::Relaxed) {
+                tracing::warn!(pool = %self.name, target = %target.address, "target down (active health check)");
+            }
+        }
+    }
+}
+
+async fn probe(pool: &Pool, target: &Target, check: &config::HealthCheck) -> bool {
+    let Ok(req) = http::Request::get(format!("http://{}{}", target.address, check.path))
+        .header(http::header::USER_AGENT, "portcullis-health")
+        .body(Empty::<Bytes>::new().map_err(|e| match e {}).boxed())
+    else {
+        return false;
+    };
+    let answer = tokio::time::timeout(Duration::from_millis(check.timeout_ms), async {
+        let resp = pool.client.request(req).await.ok()?;
+        let ok = resp.status().is_success();
+        // Drain so the connection goes back to the pool.
+        resp.into_body().collect().await.ok()?;
+        Some(ok)
+    });
+    matches!(answer.await, Ok(Some(true)))
+}
+
+/// A target chosen for one request; counts as in flight until dropped.
+pub struct Lease {
+    /// The chosen target.
+    pub target: Arc<Target>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.target.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}

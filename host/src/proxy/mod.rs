@@ -1,0 +1,370 @@
+//! The request path, one stage per module, read top to bottom:
+//!
+//! ```text
+//! listen ─► chain (router, then the route's policies) ─► route (pools, body limit)
+//!        ─► forward (upstream) ─► respond (on-response hooks, header edits)
+//!        ─► … body streams … ─► complete (on-complete hooks, audit record)
+//! ```
+
+pub mod chain;
+pub mod forward;
+pub mod listen;
+pub mod respond;
+pub mod route;
+
+use crate::audit::{AuditSink, Record, rfc3339};
+use crate::body::{BodyStats, Counted, Ending, Finish, ProxyBody};
+use crate::error::GatewayError;
+use crate::pool::Lease;
+use crate::runtime::bindings::types;
+use crate::runtime::{PolicyState, hooks};
+use crate::snapshot::Snapshot;
+use chain::{ChainEnd, ChainRun, LinkRef};
+use http::header::{HOST, UPGRADE};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use listen::ConnInfo;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+/// The running gateway: the current chain snapshot and the audit sink.
+pub struct Gateway {
+    /// Swapped whole on reload; each request keeps the one it started with.
+    pub snapshot: arc_swap::ArcSwap<Snapshot>,
+    /// Where audit records go.
+    pub audit: AuditSink,
+}
+
+impl Gateway {
+    /// Largest head the HTTP codecs buffer (the 431 check is ours, on the parsed head).
+    pub fn max_head_buf(&self) -> usize {
+        (self.snapshot.load().max_request_head as usize).max(8192) * 2
+    }
+}
+
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// Handle one request through every stage. Never fails: errors become answers.
+pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+    let snap = gw.snapshot.load_full();
+    let started = Instant::now();
+    let (mut parts, body) = req.into_parts();
+
+    let request_id = incoming_request_id(&parts.headers).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let authority = authority(&parts);
+    let (client_ip, peer_trusted) = client_ip(&snap, &conn, &parts.headers);
+    let scheme = match parts.headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) {
+        Some(p) if peer_trusted && (p == "https" || p == "http") => p.to_string(),
+        _ => "http".to_string(),
+    };
+    let mut record = Record {
+        time: rfc3339(SystemTime::now()),
+        id: request_id.clone(),
+        chain: snap.version.clone(),
+        listener: conn.listener.to_string(),
+        client_ip: client_ip.to_string(),
+        method: parts.method.to_string(),
+        host: authority.clone(),
+        path: parts.uri.path().to_string(),
+        ..Record::default()
+    };
+
+    // Listen-side checks, before any policy runs.
+    let head_size = head_size(&parts);
+    if head_size > snap.max_request_head {
+        let err = GatewayError::HeadTooLarge { size: head_size, limit: snap.max_request_head };
+        let run = ChainRun::new(empty_head(&request_id), Default::default());
+        return respond_gateway(&gw, &snap, run, None, record, err, started).await;
+    }
+
+    // Upgrades (WebSocket) are kept aside; whether they pass depends on the route.
+    let upgrade = parts.headers.get(UPGRADE).cloned();
+    let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    forward::strip_hop_by_hop(&mut parts.headers);
+    let xff = forward::forwarded_for(parts.headers.get("x-forwarded-for"), peer_trusted, conn.peer.ip());
+    parts.headers.insert("x-forwarded-for", xff);
+    parts.headers.insert("x-forwarded-proto", HeaderValue::from_str(&scheme).expect("http or https"));
+    parts.headers.insert(X_REQUEST_ID, HeaderValue::from_str(&request_id).expect("validated or generated id"));
+
+    let head = types::RequestHead {
+        id: request_id.clone(),
+        method: parts.method.to_string(),
+        scheme,
+        authority: authority.clone(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
+        headers: respond::wit_headers(&parts.headers),
+        client_ip: client_ip.to_string(),
+        listener: conn.listener.to_string(),
+        route: None,
+        facts: Vec::new(),
+    };
+    let mut run = ChainRun::new(head, std::mem::take(&mut parts.headers));
+
+    // Chain stage.
+    let (end, route_name) = chain::run(&snap, &mut run).await;
+    record.route = route_name.clone();
+    let route = route_name.as_ref().and_then(|n| snap.routes.get(n));
+    let route_ref = route.map(|r| r.name.clone());
+
+    let (response, source, lease, bytes_in) = match end {
+        ChainEnd::Respond { policy, response } => (response, format!("policy:{policy}"), None, None),
+        ChainEnd::Failed(err) => return respond_gateway(&gw, &snap, run, route_ref, record, err, started).await,
+        ChainEnd::Proceed => {
+            let route = route.expect("a chain proceeds only with a route");
+            // Route stage.
+            let pools = match route::candidate_pools(&snap, route, &run.head.facts) {
+                Ok(p) => p,
+                Err(err) => return respond_gateway(&gw, &snap, run, route_ref, record, err, started).await,
+            };
+            if let Err(err) = route::check_declared_length(&run.headers, route.body_limit) {
+                return respond_gateway(&gw, &snap, run, route_ref, record, err, started).await;
+            }
+            let stats = Arc::new(BodyStats::default());
+            let body = Counted::new(body, Some(route.body_limit), stats.clone()).boxed();
+            let mut headers = std::mem::take(&mut run.headers);
+            if !headers.contains_key(HOST) && let Ok(h) = HeaderValue::from_str(&authority) {
+                headers.insert(HOST, h);
+            }
+            let passes_upgrade = route.websocket && upgrade.is_some() && client_upgrade.is_some();
+            if passes_upgrade {
+                headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(UPGRADE, upgrade.clone().expect("checked above"));
+            }
+            let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+            // Forward stage.
+            match forward::forward(&pools, parts.method.clone(), &path_and_query, headers, body).await {
+                Ok(mut up) => {
+                    record.upstream = Some(format!("{}/{}", up.pool.name, up.lease.target.address));
+                    record.region = up.pool.region.clone();
+                    if passes_upgrade && up.response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        let upstream_upgrade = hyper::upgrade::on(&mut up.response);
+                        tokio::spawn(bridge(client_upgrade.expect("checked above"), upstream_upgrade));
+                    } else {
+                        forward::strip_hop_by_hop(up.response.headers_mut());
+                    }
+                    let (p, b) = up.response.into_parts();
+                    let response = Response::from_parts(p, b.map_err(Into::into).boxed());
+                    (response, "upstream".to_string(), Some(up.lease), Some(stats))
+                }
+                Err(err) => {
+                    let err = if stats.over_limit.load(Ordering::Relaxed) { GatewayError::BodyTooLarge { limit: route.body_limit } } else { err };
+                    let mut record = record;
+                    record.bytes_in = stats.bytes.load(Ordering::Relaxed);
+                    return respond_gateway(&gw, &snap, run, route_ref, record, err, started).await;
+                }
+            }
+        }
+    };
+    finish(&gw, &snap, run, route_ref, record, response, source, lease, bytes_in, started).await
+}
+
+/// Answer with a gateway error (problem+json), through the respond stage.
+async fn respond_gateway(gw: &Arc<Gateway>, snap: &Arc<Snapshot>, run: ChainRun, route: Option<String>, mut record: Record, err: GatewayError, started: Instant) -> Response<ProxyBody> {
+    match err.fault() {
+        crate::error::Fault::Upstream | crate::error::Fault::Policy | crate::error::Fault::Internal => {
+            tracing::warn!(request_id = %record.id, route = ?route, "{err}")
+        }
+        crate::error::Fault::Downstream => tracing::debug!(request_id = %record.id, "{err}"),
+    }
+    record.error = Some(err.slug());
+    let response = respond::problem(&err, &record.id);
+    finish(gw, snap, run, route, record, response, "gateway".into(), None, None, started).await
+}
+
+/// Respond stage: response edits and `on-response` hooks, then wrap the body
+/// so that completion hooks and the audit record follow its end.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    gw: &Arc<Gateway>,
+    snap: &Arc<Snapshot>,
+    mut run: ChainRun,
+    route_name: Option<String>,
+    mut record: Record,
+    mut response: Response<ProxyBody>,
+    mut source: String,
+    lease: Option<Lease>,
+    bytes_in: Option<Arc<BodyStats>>,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let route = route_name.as_ref().and_then(|n| snap.routes.get(n));
+    let _ = respond::set_headers(response.headers_mut(), &run.response_headers);
+    // on-response, in reverse order of on-request, for policies that declare it.
+    for which in run.ran.clone().into_iter().rev() {
+        let link = which.get(snap, route);
+        if !link.hooks.contains(types::HookSet::ON_RESPONSE) {
+            continue;
+        }
+        let resp_head = respond::response_head(response.status(), response.headers(), &source);
+        let state = PolicyState::new(link.policy.name.clone(), record.id.as_str().into(), link.policy.settings.clone(), link.overrides.clone(), snap.runtime.memory_cap(), snap.services.clone());
+        let (edits, audit) = hooks::on_response(&snap.runtime, &link.policy.module, state, &run.head, &resp_head).await;
+        run.add_audit(&link.policy.name, audit);
+        let result = edits.map_err(GatewayError::from).and_then(|e| {
+            respond::apply_response_edits(response.headers_mut(), &e).map_err(|why| {
+                GatewayError::Policy(crate::runtime::PolicyFailure { policy: link.policy.name.to_string(), class: crate::runtime::FailureClass::Contract, detail: why })
+            })
+        });
+        if let Err(err) = result {
+            // Fail closed: the upstream's answer is not released.
+            tracing::warn!(request_id = %record.id, "{err}");
+            run.verdicts.push((link.policy.name.to_string(), format!("failed:{}", slug_class(&err))));
+            record.error = Some(err.slug());
+            response = respond::problem(&err, &record.id);
+            source = "gateway".into();
+            break;
+        }
+    }
+    response.headers_mut().insert(X_REQUEST_ID, HeaderValue::from_str(&record.id).expect("validated or generated id"));
+
+    record.status = response.status().as_u16();
+    record.source = source;
+    let (parts, body) = response.into_parts();
+    let out_stats = Arc::new(BodyStats::default());
+    let counted = Counted::new(body, None, out_stats.clone());
+    let gw = gw.clone();
+    let snap = snap.clone();
+    let body = Finish::new(counted, move |ending| {
+        let bytes_out = out_stats.bytes.load(Ordering::Relaxed);
+        let bytes_in = bytes_in.map_or(0, |s| s.bytes.load(Ordering::Relaxed));
+        let duration_us = started.elapsed().as_micros() as u64;
+        tokio::spawn(async move {
+            drop(lease);
+            complete(&gw, &snap, run, route_name, record, ending, bytes_in, bytes_out, duration_us).await;
+        });
+    });
+    Response::from_parts(parts, body.boxed())
+}
+
+fn slug_class(err: &GatewayError) -> String {
+    match err {
+        GatewayError::Policy(f) => f.class.to_string(),
+        other => other.slug(),
+    }
+}
+
+/// After the response body ended: `on-complete` hooks, then the audit record.
+#[allow(clippy::too_many_arguments)]
+async fn complete(gw: &Gateway, snap: &Arc<Snapshot>, mut run: ChainRun, route_name: Option<String>, mut record: Record, ending: Ending, bytes_in: u64, bytes_out: u64, duration_us: u64) {
+    record.bytes_in = bytes_in;
+    record.bytes_out = bytes_out;
+    record.duration_us = duration_us;
+    record.outcome = match ending {
+        Ending::Complete => "ok",
+        Ending::Failed => "upstream-error",
+        Ending::Dropped => "client-abort",
+    }
+    .into();
+    let route = route_name.as_ref().and_then(|n| snap.routes.get(n));
+    let links: Vec<LinkRef> = std::iter::once(LinkRef::Router).chain((0..route.map_or(0, |r| r.chain.len())).map(LinkRef::Chain)).collect();
+    let mut verdicts = run.verdicts.clone();
+    for which in &links {
+        let name = which.get(snap, route).policy.name.to_string();
+        if !verdicts.iter().any(|(n, _)| *n == name) {
+            verdicts.push((name, "skipped".into()));
+        }
+    }
+    let done = types::Completion {
+        status: record.status,
+        bytes_in,
+        bytes_out,
+        duration_us,
+        upstream: record.upstream.clone(),
+        region: record.region.clone(),
+        outcome: record.outcome.clone(),
+        verdicts: verdicts.clone(),
+        facts: run.head.facts.clone(),
+    };
+    for which in links {
+        let link = which.get(snap, route);
+        if !link.hooks.contains(types::HookSet::ON_COMPLETE) {
+            continue;
+        }
+        let state = PolicyState::new(link.policy.name.clone(), record.id.as_str().into(), link.policy.settings.clone(), link.overrides.clone(), snap.runtime.memory_cap(), snap.services.clone());
+        let (result, audit) = hooks::on_complete(&snap.runtime, &link.policy.module, state, &run.head, &done).await;
+        run.add_audit(&link.policy.name, audit);
+        if let Err(f) = result {
+            tracing::warn!(request_id = %record.id, "{f}");
+            run.add_audit(&link.policy.name, vec![("on-complete".into(), format!("failed:{}", f.class))]);
+        }
+    }
+    record.verdicts = verdicts;
+    record.policies = run.audit;
+    gw.audit.write(record);
+}
+
+/// Copy bytes both ways between an upgraded client and upstream connection.
+async fn bridge(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
+        tracing::debug!("upgrade did not complete");
+        return;
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!("upgraded connection ended: {e}");
+    }
+}
+
+fn incoming_request_id(headers: &http::HeaderMap) -> Option<String> {
+    let v = headers.get(X_REQUEST_ID)?.to_str().ok()?;
+    let ok = !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    ok.then(|| v.to_string())
+}
+
+fn authority(parts: &http::request::Parts) -> String {
+    let raw = parts.uri.authority().map(|a| a.as_str().to_string()).or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()).map(str::to_string)).unwrap_or_default();
+    let host = match raw.rsplit_once(':') {
+        Some((h, port)) if !h.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') => h.to_string(),
+        Some((h, port)) if h.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => h.to_string(),
+        _ => raw,
+    };
+    host.to_ascii_lowercase()
+}
+
+/// The client's address: the peer, unless the peer is a trusted proxy, in
+/// which case the right-most untrusted address of `X-Forwarded-For`.
+fn client_ip(snap: &Snapshot, conn: &ConnInfo, headers: &http::HeaderMap) -> (std::net::IpAddr, bool) {
+    let peer = conn.peer.ip();
+    let trusted = |ip: &std::net::IpAddr| snap.trusted_proxies.iter().any(|n| n.contains(ip));
+    if !trusted(&peer) {
+        return (peer, false);
+    }
+    let mut client = peer;
+    let hops: Vec<&str> = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).collect();
+    for hop in hops.iter().rev() {
+        match hop.trim().parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !trusted(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    (client, true)
+}
+
+fn head_size(parts: &http::request::Parts) -> u64 {
+    let line = parts.method.as_str().len() + parts.uri.to_string().len() + 12;
+    let headers: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    (line + headers) as u64
+}
+
+fn empty_head(id: &str) -> types::RequestHead {
+    types::RequestHead {
+        id: id.to_string(),
+        method: String::new(),
+        scheme: "http".into(),
+        authority: String::new(),
+        path: "/".into(),
+        query: None,
+        headers: Vec::new(),
+        client_ip: String::new(),
+        listener: String::new(),
+        route: None,
+        facts: Vec::new(),
+    }
+}

@@ -1,0 +1,264 @@
+//! The chain runtime: policy components compiled once, instantiated fresh
+//! for every hook call of every request, under a deadline and a memory cap.
+//!
+//! ```text
+//! load:    bytes ─► cache (sha256 + engine) ─► Component ─► InstancePre
+//! request: Store::new ─► instantiate_async ─► call hook ─► drop   (per policy)
+//! ```
+//!
+//! Why fresh instances: patient data must not survive in a policy's memory
+//! from one caller to the next. What makes them cheap: the pooling allocator
+//! (slots reused, pages reset by memset of the few resident pages), guests
+//! that never grow their memory (see `components/sdk`), and a small stack.
+
+#[allow(missing_docs)]
+pub mod bindings;
+mod cache;
+pub mod services;
+pub mod settings;
+mod state;
+
+pub use cache::ComponentCache;
+pub use services::Services;
+pub use settings::Settings;
+pub use state::PolicyState;
+
+use bindings::guest;
+use bindings::types;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+/// Epoch ticks are this long; deadlines are counted in them.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Why a policy call failed. Each class is a distinct status and audit value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FailureClass {
+    /// The guest trapped (unreachable, out-of-bounds, a panic, an alloc failure).
+    #[error("trap")]
+    Trap,
+    /// The call overran its deadline.
+    #[error("deadline")]
+    Deadline,
+    /// The guest tried to grow its memory past the cap.
+    #[error("memory-limit")]
+    MemoryLimit,
+    /// No instance slot was free (too many requests in policies at once).
+    #[error("capacity")]
+    Capacity,
+    /// The guest answered something the contract forbids (a fact outside its namespace, a bad status ...).
+    #[error("contract")]
+    Contract,
+}
+
+/// A failed policy call: which policy, what class, and detail for the log
+/// (never sent to the client).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("policy {policy:?} failed ({class}): {detail}")]
+pub struct PolicyFailure {
+    /// Configured policy name.
+    pub policy: String,
+    /// Class of failure.
+    pub class: FailureClass,
+    /// Internal detail, for the gateway's own log.
+    pub detail: String,
+}
+
+/// Errors while loading a component.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read component {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// Compilation or linking failed (not a component, wrong contract version, WASI imports...).
+    #[error("component {what} does not load: {reason}")]
+    Invalid { what: String, reason: String },
+}
+
+/// The wasmtime engine and linker every policy shares.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<PolicyState>,
+    cache: ComponentCache,
+    deadline_ticks: u64,
+    deadline: Duration,
+    memory_cap: usize,
+}
+
+/// Sizing of the runtime, from the `[runtime]` config section.
+#[derive(Debug, Clone)]
+pub struct RuntimeLimits {
+    /// Wall-clock budget of one hook call.
+    pub deadline: Duration,
+    /// Largest linear memory of one instance, bytes.
+    pub memory_cap: usize,
+    /// Instances alive at once.
+    pub max_instances: u32,
+}
+
+impl Runtime {
+    /// Build the engine (pooling allocator, epoch interruption) and start the epoch ticker.
+    pub fn new(limits: &RuntimeLimits, cache: ComponentCache) -> anyhow::Result<Arc<Runtime>> {
+        let n = limits.max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(n)
+            // wit-bindgen components hold a few core instances (main module, shims).
+            .total_core_instances(n * 4)
+            .total_memories(n)
+            .total_tables(n * 2)
+            .total_stacks(n)
+            .max_memories_per_module(1)
+            .max_tables_per_module(1)
+            .max_memory_size(limits.memory_cap)
+            // Reset by memset of the first page instead of madvise: guests built
+            // with the SDK live in their first 64 KiB.
+            .linear_memory_keep_resident(64 * 1024)
+            .table_keep_resident(4 * 1024)
+            .async_stack_keep_resident(16 * 1024)
+            .pagemap_scan(Enabled::Auto);
+        let mut config = Config::new();
+        config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            .max_wasm_stack(256 * 1024)
+            .async_stack_size(512 * 1024)
+            .wasm_backtrace_max_frames(None);
+        let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
+        let mut linker = Linker::new(&engine);
+        bindings::PolicyComponent::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(anyhow::Error::from)?;
+
+        let ticker = engine.weak();
+        std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
+            while let Some(engine) = ticker.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+
+        let deadline_ticks = (limits.deadline.as_millis() as u64 / EPOCH_TICK.as_millis() as u64).max(1);
+        Ok(Arc::new(Runtime { engine, linker, cache, deadline_ticks, deadline: limits.deadline, memory_cap: limits.memory_cap }))
+    }
+
+    /// Compile (or load from the cache) a component and prepare it for instantiation.
+    pub fn load(&self, what: &str, bytes: &[u8]) -> Result<PolicyModule, LoadError> {
+        let invalid = |reason: String| LoadError::Invalid { what: what.to_string(), reason };
+        let (component, digest) = self.cache.load(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+        for (name, _) in component.component_type().imports(&self.engine) {
+            if !name.starts_with("portcullis:gateway/") {
+                return Err(invalid(format!("imports {name:?}; a policy may import only portcullis:gateway/host and portcullis:gateway/io (build it no_std with the SDK)")));
+            }
+        }
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| invalid(format!("{e:#}")))?;
+        let pre = bindings::PolicyComponentPre::new(pre).map_err(|e| invalid(format!("{e:#}")))?;
+        Ok(PolicyModule { digest, pre })
+    }
+
+    fn store(&self, state: PolicyState) -> Store<PolicyState> {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.memory);
+        store.set_epoch_deadline(self.deadline_ticks);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Run one hook in a fresh instance: instantiate, call, drop. The deadline
+    /// covers instantiation, the guest's work and any `io` waits.
+    pub async fn call<R>(
+        &self,
+        module: &PolicyModule,
+        state: PolicyState,
+        hook: impl AsyncFnOnce(&guest::Guest, &mut Store<PolicyState>) -> wasmtime::Result<R>,
+    ) -> (Result<R, PolicyFailure>, Vec<(String, String)>) {
+        let policy = state.policy.to_string();
+        let mut store = self.store(state);
+        let run = async {
+            let instance = module.pre.instantiate_async(&mut store).await?;
+            hook(instance.portcullis_gateway_policy(), &mut store).await
+        };
+        let result = tokio::time::timeout(self.deadline, run).await;
+        let failure = |class: FailureClass, detail: String| PolicyFailure { policy: policy.clone(), class, detail };
+        let result = match result {
+            Err(_) => Err(failure(FailureClass::Deadline, format!("no answer within {:?}", self.deadline))),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                let class = if store.data().memory.refused {
+                    FailureClass::MemoryLimit
+                } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                    FailureClass::Deadline
+                } else if is_capacity(&e) {
+                    FailureClass::Capacity
+                } else {
+                    FailureClass::Trap
+                };
+                Err(failure(class, format!("{e:#}")))
+            }
+        };
+        let audit = std::mem::take(&mut store.data_mut().audit);
+        (result, audit)
+    }
+
+    /// The memory cap of each instance.
+    pub fn memory_cap(&self) -> usize {
+        self.memory_cap
+    }
+}
+
+fn is_capacity(e: &wasmtime::Error) -> bool {
+    let text = format!("{e:#}");
+    text.contains("maximum concurrent") || text.contains("pooling allocator")
+}
+
+/// A compiled policy component, ready to instantiate.
+pub struct PolicyModule {
+    /// Hex SHA-256 of the component bytes.
+    pub digest: String,
+    pre: bindings::PolicyComponentPre<PolicyState>,
+}
+
+/// Shorthand for the calls the request path makes.
+pub mod hooks {
+    use super::*;
+
+    /// `hooks()`.
+    pub async fn hooks(rt: &Runtime, m: &PolicyModule, st: PolicyState) -> Result<types::HookSet, PolicyFailure> {
+        rt.call(m, st, async |g, s| g.call_hooks(s).await).await.0
+    }
+
+    /// `check-config()`; the outer error is a failure, the inner the policy's answer.
+    pub async fn check_config(rt: &Runtime, m: &PolicyModule, st: PolicyState) -> Result<Result<(), String>, PolicyFailure> {
+        rt.call(m, st, async |g, s| g.call_check_config(s).await).await.0
+    }
+
+    /// `on-request(head)`.
+    pub async fn on_request(rt: &Runtime, m: &PolicyModule, st: PolicyState, head: &types::RequestHead) -> (Result<types::Verdict, PolicyFailure>, Vec<(String, String)>) {
+        rt.call(m, st, async |g, s| g.call_on_request(s, head).await).await
+    }
+
+    /// `on-response(head, response)`.
+    pub async fn on_response(
+        rt: &Runtime,
+        m: &PolicyModule,
+        st: PolicyState,
+        head: &types::RequestHead,
+        resp: &types::ResponseHead,
+    ) -> (Result<types::ResponseEdits, PolicyFailure>, Vec<(String, String)>) {
+        rt.call(m, st, async |g, s| g.call_on_response(s, head, resp).await).await
+    }
+
+    /// `on-complete(head, completion)`.
+    pub async fn on_complete(
+        rt: &Runtime,
+        m: &PolicyModule,
+        st: PolicyState,
+        head: &types::RequestHead,
+        done: &types::Completion,
+    ) -> (Result<(), PolicyFailure>, Vec<(String, String)>) {
+        rt.call(m, st, async |g, s| g.call_on_complete(s, head, done).await).await
+    }
+
+    /// For `Component` users outside this module (tests, bench).
+    pub fn _component_type(_: &Component) {}
+}

@@ -1,0 +1,135 @@
+//! What a policy instance's `Store` holds, and the host functions it offers
+//! (`host` and `io` of the contract). One `PolicyState` lives exactly as long
+//! as one fresh instance: one hook call of one request.
+
+use super::bindings::portcullis::gateway::{host, io, types};
+use super::settings::Settings;
+use super::services::Services;
+use std::sync::Arc;
+use wasmtime::ResourceLimiter;
+
+/// Largest number of audit fields one call may add, and their total size:
+/// a hostile policy must not grow the host's memory through `audit`.
+const MAX_AUDIT_FIELDS: usize = 64;
+const MAX_AUDIT_BYTES: usize = 16 * 1024;
+
+/// Store data of one policy instance.
+pub struct PolicyState {
+    /// Configured name of the policy (its fact namespace, except the router's `route`).
+    pub policy: Arc<str>,
+    /// Request id, for logs.
+    pub request_id: Arc<str>,
+    /// The policy's own settings.
+    pub settings: Settings,
+    /// The current route's overrides for this policy, if any.
+    pub overrides: Option<Settings>,
+    /// Fields the policy added to the audit record during this call.
+    pub audit: Vec<(String, String)>,
+    audit_bytes: usize,
+    /// Enforces the memory cap and remembers whether it refused a growth.
+    pub memory: MemoryCap,
+    /// Host state shared by every instance (rate limits, JWKS, pseudonym key).
+    pub services: Arc<Services>,
+}
+
+impl PolicyState {
+    /// State for one call.
+    pub fn new(policy: Arc<str>, request_id: Arc<str>, settings: Settings, overrides: Option<Settings>, memory_cap: usize, services: Arc<Services>) -> Self {
+        PolicyState { policy, request_id, settings, overrides, audit: Vec::new(), audit_bytes: 0, memory: MemoryCap { cap: memory_cap, refused: false }, services }
+    }
+}
+
+/// Per-instance memory cap. The pooling allocator bounds every memory too;
+/// this one tells a memory failure apart from any other trap.
+pub struct MemoryCap {
+    cap: usize,
+    /// Set when a `memory.grow` past the cap was refused.
+    pub refused: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 10_000)
+    }
+}
+
+impl types::Host for PolicyState {}
+
+impl host::Host for PolicyState {
+    fn setting(&mut self, key: String) -> Option<String> {
+        if let Some(o) = &self.overrides
+            && let Some(v) = o.get(&key)
+        {
+            return Some(v.clone());
+        }
+        self.settings.get(&key).cloned()
+    }
+
+    fn settings(&mut self, prefix: String) -> Vec<(String, String)> {
+        let mut merged: std::collections::BTreeMap<&str, &str> = self
+            .settings
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        if let Some(o) = &self.overrides {
+            for (k, v) in o.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)) {
+                merged.insert(k, v);
+            }
+        }
+        merged.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn audit(&mut self, fields: Vec<(String, String)>) {
+        for (k, v) in fields {
+            let size = k.len() + v.len();
+            if self.audit.len() >= MAX_AUDIT_FIELDS || self.audit_bytes + size > MAX_AUDIT_BYTES {
+                tracing::warn!(policy = %self.policy, request_id = %self.request_id, "audit fields over the per-call limit dropped");
+                self.audit.push(("audit-truncated".into(), "true".into()));
+                return;
+            }
+            self.audit_bytes += size;
+            self.audit.push((k, v));
+        }
+    }
+
+    fn pseudonym(&mut self, domain: String, value: String) -> String {
+        self.services.pseudonym(&domain, &value)
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    }
+
+    fn log(&mut self, level: types::Level, message: String) {
+        // Policies are told never to log secrets; the message is truncated so
+        // a hostile one cannot flood the log either.
+        let message: String = message.chars().take(1024).collect();
+        let (policy, id) = (&*self.policy, &*self.request_id);
+        match level {
+            types::Level::Trace => tracing::trace!(target: "policy", policy, request_id = id, "{message}"),
+            types::Level::Debug => tracing::debug!(target: "policy", policy, request_id = id, "{message}"),
+            types::Level::Info => tracing::info!(target: "policy", policy, request_id = id, "{message}"),
+            types::Level::Warn => tracing::warn!(target: "policy", policy, request_id = id, "{message}"),
+            types::Level::Error => tracing::error!(target: "policy", policy, request_id = id, "{message}"),
+        }
+    }
+}
+
+impl io::Host for PolicyState {
+    async fn rate_acquire(&mut self, limit: String, key: String, cost: u32) -> Result<types::RateOutcome, types::RateError> {
+        self.services.rate_acquire(&limit, &key, cost).await
+    }
+
+    async fn jwks(&mut self, issuer: String) -> Result<String, types::JwksError> {
+        self.services.jwks(&issuer).await
+    }
+}

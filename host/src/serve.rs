@@ -1,0 +1,74 @@
+//! Start-up: configuration → runtime → snapshot → listeners. Used by
+//! `portcullis serve`, `check` and `demo`.
+
+use crate::audit::AuditSink;
+use crate::config::{self, ConfigErrors, Source};
+use crate::proxy::{Gateway, listen};
+use crate::runtime::{ComponentCache, Runtime, RuntimeLimits, Services};
+use crate::snapshot::Snapshot;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is wrong (every problem listed).
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// Something outside the configuration failed.
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+/// Build the runtime and a checked snapshot from a configuration source.
+pub async fn load(source: &Source) -> Result<Snapshot, StartError> {
+    let config = config::parse(source)?;
+    let cache_dir = std::env::var_os("PORTCULLIS_CACHE_DIR")
+        .map(Into::into)
+        .or_else(|| config.gateway.cache_dir.as_deref().map(|d| source.resolve(d)))
+        .or_else(ComponentCache::default_dir);
+    let limits = RuntimeLimits {
+        deadline: Duration::from_millis(config.runtime.policy_deadline_ms.max(1)),
+        memory_cap: config.runtime.policy_memory.0 as usize,
+        max_instances: config.runtime.max_instances,
+    };
+    let runtime = Runtime::new(&limits, ComponentCache::new(cache_dir))?;
+    let key = match &config.gateway.pseudonym_key_file {
+        Some(path) => {
+            let path = source.resolve(path);
+            Some(std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: gateway.pseudonym_key_file: cannot read {}: {e}", source.file.display(), path.display()))?)
+        }
+        None => None,
+    };
+    Ok(Snapshot::build(source, runtime, Arc::new(Services::new(key))).await?)
+}
+
+/// Serve until SIGINT or SIGTERM. Prints one `listening <name> <addr>` line
+/// per listener on stdout once it accepts connections.
+pub async fn serve(source: &Source) -> Result<(), StartError> {
+    let snapshot = load(source).await?;
+    let bound = listen::bind(&snapshot.listeners).await.map_err(anyhow::Error::from)?;
+    let audit = match &snapshot.audit_log {
+        Some(path) => AuditSink::open(path.clone()).await.map_err(|e| anyhow::anyhow!("audit log {}: {e}", path.display()))?,
+        None => AuditSink::disabled(),
+    };
+    snapshot.start();
+    tracing::info!(version = %snapshot.version, routes = snapshot.routes.len(), policies = snapshot.policies.len(), "chain loaded");
+    let gateway = Arc::new(Gateway { snapshot: arc_swap::ArcSwap::from_pointee(snapshot), audit });
+    for (spec, listener) in bound {
+        let addr = listener.local_addr().map_err(anyhow::Error::from)?;
+        println!("listening {} {addr}", spec.name);
+        tokio::spawn(listen::serve(gateway.clone(), spec, listener));
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

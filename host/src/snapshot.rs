@@ -1,0 +1,271 @@
+//! A chain snapshot: everything one request needs from the configuration,
+//! built and validated off the request path, then used immutably. A request
+//! keeps the snapshot it started with to its end (reload swaps the pointer).
+//!
+//! Building one is the `check` lifecycle: parse → validate references → load
+//! each component (compile or cache) → `check-config` with the policy's
+//! settings and with every route's overrides → `hooks`.
+
+use crate::config::{self, Config, ConfigError, ConfigErrors, Source};
+use crate::pool::Pool;
+use crate::runtime::bindings::types::HookSet as Hooks;
+use crate::runtime::settings::{self, encode_list, flatten};
+use crate::runtime::{PolicyModule, PolicyState, Runtime, Services, Settings, hooks};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The router component built into the binary (`builtin:router`).
+pub const BUILTIN_ROUTER: &[u8] = include_bytes!(env!("PORTCULLIS_ROUTER_WASM"));
+
+/// A loaded policy with its own settings.
+pub struct LoadedPolicy {
+    /// Configured name.
+    pub name: Arc<str>,
+    /// Where facts it writes must live (`route` for the router, else its name).
+    pub namespace: String,
+    /// `builtin:router` or the component path.
+    pub source: String,
+    /// The compiled component.
+    pub module: PolicyModule,
+    /// Flattened settings.
+    pub settings: Settings,
+}
+
+/// A policy as it runs on one route: the route's overrides and declared hooks.
+pub struct Link {
+    /// The policy.
+    pub policy: Arc<LoadedPolicy>,
+    /// The route's settings overrides for it.
+    pub overrides: Option<Settings>,
+    /// Hooks it declared with these settings.
+    pub hooks: Hooks,
+}
+
+/// A route as the host needs it after the router named it.
+pub struct RouteEntry {
+    /// Route name.
+    pub name: String,
+    /// Policies after the router, in order.
+    pub chain: Vec<Link>,
+    /// Pools the route may use, in order of preference.
+    pub pools: Vec<String>,
+    /// Largest request body.
+    pub body_limit: u64,
+    /// Whether `Upgrade` requests pass.
+    pub websocket: bool,
+}
+
+/// One listener to bind.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    /// Name.
+    pub name: String,
+    /// Address.
+    pub address: SocketAddr,
+    /// Header read timeout.
+    pub header_timeout: std::time::Duration,
+}
+
+/// Everything a request needs, immutable once built.
+pub struct Snapshot {
+    /// Short hash of the config text and every component: names the chain version in audit records.
+    pub version: String,
+    /// The router, run first on every request.
+    pub router: Link,
+    /// Routes by name.
+    pub routes: HashMap<String, RouteEntry>,
+    /// Pools by name.
+    pub pools: HashMap<String, Arc<Pool>>,
+    /// Every loaded policy (for `GET /admin/policies` and logs).
+    pub policies: BTreeMap<String, Arc<LoadedPolicy>>,
+    /// Listeners.
+    pub listeners: Vec<ListenerSpec>,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Largest request head, bytes.
+    pub max_request_head: u64,
+    /// The runtime that runs the policies.
+    pub runtime: Arc<Runtime>,
+    /// Host state shared by policies.
+    pub services: Arc<Services>,
+    /// Audit log path, if any.
+    pub audit_log: Option<std::path::PathBuf>,
+}
+
+impl Snapshot {
+    /// Parse, validate and load `source`. Every error found is returned.
+    pub async fn build(source: &Source, runtime: Arc<Runtime>, services: Arc<Services>) -> Result<Snapshot, ConfigErrors> {
+        let config = config::parse(source)?;
+        config::validate(source, &config)?;
+        let mut errors = Vec::new();
+
+        let mut policies = BTreeMap::new();
+        let mut digests = Vec::new();
+        let router_name = config.gateway.router.get_ref().clone();
+        for (name, def) in &config.policies {
+            let mut flat = flatten(&def.settings);
+            if *name == router_name {
+                flat.insert("table".into(), render_route_table(&config));
+            }
+            match load_component(source, &runtime, name, def) {
+                Ok(module) => {
+                    digests.push(module.digest.clone());
+                    let namespace = if *name == router_name { "route".to_string() } else { name.clone() };
+                    policies.insert(
+                        name.clone(),
+                        Arc::new(LoadedPolicy { name: name.as_str().into(), namespace, source: def.component.get_ref().clone(), module, settings: Arc::new(flat) }),
+                    );
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+
+        // check-config and hooks, for the policy's own settings and for every route override.
+        let mut checked: HashMap<String, Hooks> = HashMap::new();
+        for (name, p) in &policies {
+            match check(&runtime, &services, p, None).await {
+                Ok(hooks) => {
+                    checked.insert(name.clone(), hooks);
+                }
+                Err(reason) => errors.push(source.error_at(&config.policies[name].component, format!("policies.{name}"), reason)),
+            }
+        }
+        let mut routes = HashMap::new();
+        for (i, r) in config.routes.iter().enumerate() {
+            let mut chain = Vec::new();
+            for c in &r.chain {
+                let Some(policy) = policies.get(c.get_ref()) else { continue };
+                let overrides = r.settings.get(c.get_ref()).map(|t| Arc::new(flatten(t)));
+                let hooks = match &overrides {
+                    None => checked.get(c.get_ref()).copied(),
+                    Some(o) => match check(&runtime, &services, policy, Some(o.clone())).await {
+                        Ok(h) => Some(h),
+                        Err(reason) => {
+                            errors.push(source.error_at(&r.name, format!("routes[{i}].settings.{}", c.get_ref()), reason));
+                            None
+                        }
+                    },
+                };
+                if let Some(hooks) = hooks {
+                    chain.push(Link { policy: policy.clone(), overrides, hooks });
+                }
+            }
+            routes.insert(
+                r.name.get_ref().clone(),
+                RouteEntry {
+                    name: r.name.get_ref().clone(),
+                    chain,
+                    pools: r.pools.iter().map(|p| p.get_ref().clone()).collect(),
+                    body_limit: r.body_limit.unwrap_or(config.gateway.max_request_body).0,
+                    websocket: r.websocket,
+                },
+            );
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let router_policy = policies[&router_name].clone();
+        let router = Link { hooks: checked[&router_name], policy: router_policy, overrides: None };
+
+        let mut hasher = Sha256::new();
+        hasher.update(source.text.as_bytes());
+        for d in &digests {
+            hasher.update(d.as_bytes());
+        }
+        let version = hex::encode(&hasher.finalize()[..6]);
+
+        Ok(Snapshot {
+            version,
+            router,
+            routes,
+            pools: config.pools.iter().map(|p| (p.name.get_ref().clone(), Arc::new(Pool::new(p)))).collect(),
+            policies,
+            listeners: listeners(&config),
+            trusted_proxies: config
+                .gateway
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| p.get_ref().parse::<ipnet::IpNet>().ok().or_else(|| p.get_ref().parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from)))
+                .collect(),
+            max_request_head: config.gateway.max_request_head.0,
+            runtime,
+            services,
+            audit_log: config.gateway.audit_log.as_deref().map(|p| source.resolve(p)),
+        })
+    }
+
+    /// Start background work of the snapshot (active health checks).
+    pub fn start(&self) {
+        for pool in self.pools.values() {
+            pool.spawn_health_checks();
+        }
+    }
+}
+
+fn listeners(config: &Config) -> Vec<ListenerSpec> {
+    config
+        .listeners
+        .iter()
+        .filter_map(|l| {
+            Some(ListenerSpec {
+                name: l.name.clone(),
+                address: l.address.get_ref().parse().ok()?,
+                header_timeout: std::time::Duration::from_millis(l.header_timeout_ms),
+            })
+        })
+        .collect()
+}
+
+fn load_component(source: &Source, runtime: &Runtime, name: &str, def: &config::PolicyDef) -> Result<PolicyModule, ConfigError> {
+    let spec = def.component.get_ref();
+    let key = format!("policies.{name}.component");
+    let bytes: std::borrow::Cow<[u8]> = match spec.strip_prefix("builtin:") {
+        Some("router") => BUILTIN_ROUTER.into(),
+        Some(other) => return Err(source.error_at(&def.component, key, format!("unknown builtin component {other:?} (builtins: router)"))),
+        None => {
+            let path = source.resolve(spec);
+            std::fs::read(&path).map_err(|e| source.error_at(&def.component, &key, format!("cannot read {}: {e}", path.display())))?.into()
+        }
+    };
+    runtime.load(spec, &bytes).map_err(|e| source.error_at(&def.component, key, e.to_string()))
+}
+
+async fn check(runtime: &Runtime, services: &Arc<Services>, p: &LoadedPolicy, overrides: Option<Settings>) -> Result<Hooks, String> {
+    let state = || PolicyState::new(p.name.clone(), "check".into(), p.settings.clone(), overrides.clone(), runtime.memory_cap(), services.clone());
+    match hooks::check_config(runtime, &p.module, state()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => return Err(format!("check-config refused the settings: {reason}")),
+        Err(failure) => return Err(format!("check-config failed ({}): {}", failure.class, failure.detail)),
+    }
+    hooks::hooks(runtime, &p.module, state()).await.map_err(|f| format!("hooks() failed ({}): {}", f.class, f.detail))
+}
+
+/// The router's `table` setting: one route per line, tab-separated fields
+/// (name, hosts, match, path, methods, pools, facts), each percent-encoded
+/// for `%`, tab and newline; list fields use the contract's list encoding.
+pub fn render_route_table(config: &Config) -> String {
+    let field = |s: &str| s.replace('%', "%25").replace('\t', "%09").replace('\n', "%0A");
+    let list = |items: &[toml::Spanned<String>]| encode_list(items.iter().map(|s| s.get_ref().as_str()));
+    let mut out = String::new();
+    for r in &config.routes {
+        let facts: Vec<String> = r.facts.iter().map(|(k, v)| format!("{k}={}", settings::scalar(v))).collect();
+        let cols = [
+            r.name.get_ref().clone(),
+            list(&r.hosts),
+            match r.path_match {
+                config::PathMatch::Prefix => "prefix".into(),
+                config::PathMatch::Exact => "exact".into(),
+            },
+            r.path.get_ref().clone(),
+            list(&r.methods),
+            list(&r.pools),
+            encode_list(facts.iter().map(String::as_str)),
+        ];
+        let cols: Vec<String> = cols.iter().map(|c| field(c)).collect();
+        out.push_str(&cols.join("\t"));
+        out.push('\n');
+    }
+    out
+}
