@@ -147,11 +147,13 @@ where
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         let ending = match &polled {
             Poll::Ready(None) => Some(Ending::Complete),
             Poll::Ready(Some(Err(_))) => Some(Ending::Failed),
+            // hyper stops polling once a body says it has ended.
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => Some(Ending::Complete),
             _ => None,
         };
         if let Some(ending) = ending

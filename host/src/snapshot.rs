@@ -66,6 +66,8 @@ pub struct ListenerSpec {
     pub address: SocketAddr,
     /// Header read timeout.
     pub header_timeout: std::time::Duration,
+    /// Connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 /// Everything a request needs, immutable once built.
@@ -98,8 +100,9 @@ impl Snapshot {
     /// Parse, validate and load `source`. Every error found is returned.
     pub async fn build(source: &Source, runtime: Arc<Runtime>, services: Arc<Services>) -> Result<Snapshot, ConfigErrors> {
         let config = config::parse(source)?;
-        config::validate(source, &config)?;
-        let mut errors = Vec::new();
+        // Reference errors do not stop the components from being loaded and
+        // checked: an operator sees every problem of the file in one run.
+        let mut errors = config::validate(source, &config).err().map(|e| e.0).unwrap_or_default();
 
         let mut policies = BTreeMap::new();
         let mut digests = Vec::new();
@@ -213,6 +216,7 @@ fn listeners(config: &Config) -> Vec<ListenerSpec> {
                 name: l.name.clone(),
                 address: l.address.get_ref().parse().ok()?,
                 header_timeout: std::time::Duration::from_millis(l.header_timeout_ms),
+                proxy_protocol: l.proxy_protocol,
             })
         })
         .collect()

@@ -239,9 +239,13 @@ pub struct Listener {
     pub name: String,
     /// `ip:port` to bind.
     pub address: Spanned<String>,
-    /// Seconds a keep-alive connection may sit idle / take to send a head.
+    /// Milliseconds a client may take to send a request head (and a keep-alive connection may sit idle).
     #[serde(default = "default_header_timeout")]
     pub header_timeout_ms: u64,
+    /// Every connection starts with a PROXY protocol header (v1 or v2, as
+    /// Hetzner's load balancer sends it); the peer must be a trusted proxy.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 fn default_header_timeout() -> u64 {

@@ -10,6 +10,63 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+const PROXY_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A PROXY v2 header is at most 16 + 65535 bytes; v1 at most 107.
+const PROXY_HEADER_MAX: usize = 16 + 65_535;
+
+/// Read and consume a PROXY protocol header (v1 or v2) from the start of
+/// `stream`; `Some(source)` unless it says `UNKNOWN`/`LOCAL` (health checks
+/// of the balancer itself), in which case the TCP peer stands.
+async fn read_proxy_header(stream: &mut tokio::net::TcpStream) -> std::io::Result<Option<SocketAddr>> {
+    use ppp::{HeaderResult, PartialResult, v1, v2};
+    use tokio::io::AsyncReadExt;
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let mut buf = vec![0u8; 536];
+    loop {
+        // Peek, so that exactly the header's bytes are consumed below.
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(bad("connection closed before the PROXY header".into()));
+        }
+        let parsed = HeaderResult::parse(&buf[..n]);
+        if parsed.is_incomplete() {
+            if n == buf.len() {
+                if buf.len() >= PROXY_HEADER_MAX {
+                    return Err(bad("PROXY header too long".into()));
+                }
+                buf.resize((buf.len() * 2).min(PROXY_HEADER_MAX), 0);
+            } else {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            continue;
+        }
+        let (len, source) = match parsed {
+            HeaderResult::V1(Ok(h)) => {
+                let source = match h.addresses {
+                    v1::Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
+                    v1::Addresses::Tcp6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
+                    v1::Addresses::Unknown => None,
+                };
+                (h.header.len(), source)
+            }
+            HeaderResult::V2(Ok(h)) => {
+                let source = match (h.command, h.addresses) {
+                    (v2::Command::Local, _) => None,
+                    (_, v2::Addresses::IPv4(a)) => Some(SocketAddr::from((a.source_address, a.source_port))),
+                    (_, v2::Addresses::IPv6(a)) => Some(SocketAddr::from((a.source_address, a.source_port))),
+                    _ => None,
+                };
+                (h.len(), source)
+            }
+            HeaderResult::V1(Err(e)) => return Err(bad(format!("{e}"))),
+            HeaderResult::V2(Err(e)) => return Err(bad(format!("{e}"))),
+        };
+        let mut header = vec![0u8; len];
+        stream.read_exact(&mut header).await?;
+        return Ok(source);
+    }
+}
+
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -49,10 +106,33 @@ pub async fn serve(gateway: Arc<Gateway>, spec: ListenerSpec, listener: TcpListe
             }
         };
         let _ = stream.set_nodelay(true);
-        let info = ConnInfo { peer, listener: name.clone() };
         let gateway = gateway.clone();
         let builder = builder.clone();
+        let name = name.clone();
+        let proxy_protocol = spec.proxy_protocol;
         tokio::spawn(async move {
+            let mut stream = stream;
+            let mut peer = peer;
+            if proxy_protocol {
+                let trusted = gateway.snapshot.load().trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
+                if !trusted {
+                    tracing::warn!(listener = %name, %peer, "PROXY protocol connection from a peer not in gateway.trusted_proxies: closed");
+                    return;
+                }
+                match tokio::time::timeout(PROXY_HEADER_TIMEOUT, read_proxy_header(&mut stream)).await {
+                    Ok(Ok(Some(source))) => peer = source,
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(listener = %name, %peer, "bad PROXY protocol header: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(listener = %name, %peer, "no PROXY protocol header in time");
+                        return;
+                    }
+                }
+            }
+            let info = ConnInfo { peer, listener: name };
             let service = service_fn(move |req| {
                 let gateway = gateway.clone();
                 let info = info.clone();

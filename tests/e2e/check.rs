@@ -1,0 +1,82 @@
+//! `portcullis check` reports every configuration error with file, line and key path.
+
+use crate::support::*;
+use std::process::Command;
+
+fn check(config: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["check", "--config"]).arg(&path).env("PORTCULLIS_CACHE_DIR", cache_dir()).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn reports_wrong_pool_unknown_component_and_failing_check_config() {
+    let config = format!(
+        r#"[[listeners]]
+name = "public"
+address = "127.0.0.1:0"
+
+[policies.router]
+component = "builtin:router"
+
+[policies.missing]
+component = "no/such/policy.wasm"
+
+[policies.picky]
+component = "{TEST_POLICY}"
+settings = {{ mode = "fail-check" }}
+
+[[pools]]
+name = "real"
+targets = ["127.0.0.1:9"]
+
+[[routes]]
+name = "a"
+path = "/a"
+pools = ["nope"]
+chain = ["picky"]
+"#
+    );
+    let (ok, _out, err) = check(&config);
+    assert!(!ok, "check must fail");
+    eprintln!("{err}");
+    assert!(err.contains("bad.toml:22:10: routes[0].pools[0]: unknown pool \"nope\" (pools: real)"), "{err}");
+    assert!(err.contains("bad.toml:9:13: policies.missing.component: cannot read"), "{err}");
+    assert!(err.contains("policies.picky: check-config refused the settings: setting \"mode\": fail-check always fails its check"), "{err}");
+}
+
+#[test]
+fn reports_type_errors_with_key_path_and_unknown_keys() {
+    let (ok, _, err) = check("[[listeners]]\nname = \"p\"\naddress = \"127.0.0.1:0\"\n[[pools]]\nname = \"x\"\ntargets = [\"127.0.0.1:1\"]\nconnect_timeout_ms = \"soon\"\n");
+    assert!(!ok);
+    assert!(err.contains("bad.toml:7:22: pools[0].connect_timeout_ms: invalid type: string \"soon\", expected u64"), "{err}");
+
+    let (ok, _, err) = check("[[listeners]]\nname = \"p\"\naddress = \"127.0.0.1:0\"\nlisten_backlog = 5\n");
+    assert!(!ok);
+    assert!(err.contains("bad.toml:4:1: listeners[0].listen_backlog: unknown field `listen_backlog`"), "{err}");
+}
+
+#[test]
+fn a_good_config_checks_ok_and_serve_refuses_a_bad_one() {
+    let (ok, out, err) = check(&format!("{}\n[[pools]]\nname = \"p\"\ntargets = [\"127.0.0.1:9\"]\n[[routes]]\nname = \"r\"\npath = \"/\"\npools = [\"p\"]\n", config_head()));
+    assert!(ok, "{err}");
+    assert!(out.contains("ok (1 routes, 1 policies, 1 pools"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, format!("{}\n[[routes]]\nname = \"r\"\npath = \"/\"\npools = [\"ghost\"]\n", config_head())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["serve", "--config"]).arg(&path).env("PORTCULLIS_CACHE_DIR", cache_dir()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown pool \"ghost\""));
+}
+
+#[test]
+fn the_embedded_dev_config_and_the_examples_check_ok() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in ["policies/dev.toml"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["check", "--config"]).arg(root.join(file)).env("PORTCULLIS_CACHE_DIR", cache_dir()).output().unwrap();
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}

@@ -1,0 +1,108 @@
+//! Hostile and misbehaving policies fail closed; instances keep nothing between requests;
+//! facts are namespaced; later policies see earlier facts; short-circuit semantics.
+
+use crate::support::*;
+use std::time::Duration;
+
+async fn policy_gateway(up: &Upstream) -> Gateway {
+    let mut config = config_head();
+    config.push_str("[runtime]\npolicy_deadline_ms = 200\npolicy_memory = \"2MiB\"\n");
+    for (name, mode, extra) in [
+        ("looper", "loop", ""),
+        ("grower", "grow", ""),
+        ("trapper", "trap", ""),
+        ("rememberer", "remember", ""),
+        ("hijacker", "bad-fact", ""),
+        ("first", "facts", "namespace = \"first\""),
+        ("second", "facts", "namespace = \"second\""),
+        ("teapot", "respond", "status = 418\nresponse-header = \"x-teapot-saw-response\""),
+        ("stamp", "header", "name = \"x-stamp\"\nvalue = \"v1\"\nresponse-header = \"x-stamp-on-response\""),
+    ] {
+        config.push_str(&format!("[policies.{name}]\ncomponent = \"{TEST_POLICY}\"\n[policies.{name}.settings]\nmode = \"{mode}\"\n{extra}\n"));
+    }
+    config.push_str(&format!("[[pools]]\nname = \"up\"\ntargets = [\"{}\"]\n", up.addr));
+    for (route, chain) in [
+        ("loop", "looper"),
+        ("grow", "grower"),
+        ("trap", "trapper"),
+        ("remember", "rememberer"),
+        ("hijack", "hijacker"),
+        ("facts", "first\", \"second"),
+        ("short", "stamp\", \"teapot\", \"trapper"),
+        ("ok", "stamp"),
+    ] {
+        config.push_str(&format!("[[routes]]\nname = \"{route}\"\npath = \"/{route}\"\npools = [\"up\"]\nchain = [\"{chain}\"]\n"));
+    }
+    Gateway::start(&config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_policies_are_refused_and_the_gateway_keeps_serving() {
+    let up = Upstream::start("up").await;
+    let gw = policy_gateway(&up).await;
+    for (path, class) in [("/loop", "deadline"), ("/grow", "memory-limit"), ("/trap", "trap")] {
+        let a = get(&gw.url(path), &[]).await;
+        let p = assert_problem(&a, 500);
+        assert_eq!(p["type"], format!("urn:portcullis:problem:policy-{class}"), "{path}");
+        let detail = p["detail"].as_str().unwrap();
+        assert!(detail.contains("Policy"), "the problem names the policy: {detail}");
+        assert!(!detail.contains("wasm"), "no internals in the problem: {detail}");
+        // The very next ordinary request is served.
+        let ok = get(&gw.url("/ok"), &[]).await;
+        assert_eq!(ok.status, 200, "after {path}");
+    }
+    assert_eq!(up.requests.load(std::sync::atomic::Ordering::SeqCst), 3, "refused requests never reach the upstream");
+
+    // Each failure is audited with the policy and its class.
+    assert!(eventually(Duration::from_secs(5), || gw.audit_records().len() >= 6).await);
+    let records = gw.audit_records();
+    let looped = records.iter().find(|r| r["route"] == "loop").unwrap();
+    assert_eq!(looped["status"], 500);
+    assert_eq!(looped["verdicts"][1], serde_json::json!(["looper", "failed:deadline"]));
+    let grown = records.iter().find(|r| r["route"] == "grow").unwrap();
+    assert_eq!(grown["verdicts"][1], serde_json::json!(["grower", "failed:memory-limit"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_instance_keeps_nothing_between_requests() {
+    let up = Upstream::start("up").await;
+    let gw = policy_gateway(&up).await;
+    for i in 0..5 {
+        let a = get(&gw.url(&format!("/remember/patient-{i}")), &[]).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("x-previous-path"), Some("none"), "request {i} saw a path left by an earlier request");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facts_are_namespaced_and_flow_down_the_chain() {
+    let up = Upstream::start("up").await;
+    let gw = policy_gateway(&up).await;
+
+    // A policy writing route.name is refused: fail closed.
+    let p = assert_problem(&get(&gw.url("/hijack"), &[]).await, 500);
+    assert_eq!(p["type"], "urn:portcullis:problem:policy-contract");
+
+    // The second policy sees the router's and the first policy's facts.
+    let a = get(&gw.url("/facts"), &[]).await;
+    assert_eq!(a.status, 200);
+    let seen = a.json()["headers"]["x-seen-facts"].as_str().unwrap().to_string();
+    assert!(seen.contains("route.name=facts"), "{seen}");
+    assert!(seen.contains("first.seen="), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_short_circuits_but_response_hooks_still_run() {
+    let up = Upstream::start("up").await;
+    let gw = policy_gateway(&up).await;
+    // chain: stamp (proceeds, response header) → teapot (responds 418) → trapper (never runs).
+    let a = get(&gw.url("/short"), &[]).await;
+    assert_eq!(a.status, 418);
+    assert_eq!(a.header("x-stamp"), Some("v1"), "edits of earlier policies reach the reply");
+    assert_eq!(a.header("x-teapot-saw-response"), Some("1"), "the answering policy's on-response runs");
+    assert_eq!(a.header("x-stamp-on-response"), Some("1"), "earlier policies' on-response runs");
+    assert_eq!(up.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(eventually(Duration::from_secs(5), || !gw.audit_records().is_empty()).await);
+    let r = &gw.audit_records()[0];
+    assert_eq!(r["verdicts"], serde_json::json!([["router", "proceed"], ["stamp", "proceed"], ["teapot", "respond:418"], ["trapper", "skipped"]]));
+}

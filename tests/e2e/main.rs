@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `portcullis` binary, real compiled components,
+//! real HTTP upstreams on loopback.
+
+mod support;
+
+mod check;
+mod clients;
+mod hostile;
+mod routing;
+mod streaming;
+mod upstreams;
