@@ -14,5 +14,5 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use exports::portcullis::gateway::policy as guest;
-pub use portcullis::gateway::types;
+pub use self::exports::portcullis::gateway::policy as guest;
+pub use self::portcullis::gateway::types;
