@@ -75,8 +75,31 @@ fn a_good_config_checks_ok_and_serve_refuses_a_bad_one() {
 #[test]
 fn the_embedded_dev_config_and_the_examples_check_ok() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for file in ["policies/dev.toml"] {
+    for file in ["policies/dev.toml", "policies/gateway.toml"] {
         let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["check", "--config"]).arg(root.join(file)).env("PORTCULLIS_CACHE_DIR", cache_dir()).output().unwrap();
         assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
     }
+}
+
+/// Every file in tests/configs/bad is refused with exactly the errors in its `.err` file.
+#[test]
+fn bad_configs_give_their_exact_errors() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/configs/bad");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let expected = std::fs::read_to_string(path.with_extension("err")).unwrap_or_else(|_| panic!("{name} has no .err file"));
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).current_dir(&dir).args(["check", "--config", &name]).env("PORTCULLIS_CACHE_DIR", cache_dir()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} was accepted");
+        for line in expected.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(stderr.lines().any(|l| l == line), "{name}: expected the line\n  {line}\nin\n{stderr}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} bad configs found");
 }

@@ -126,3 +126,19 @@ async fn upstream_connections_are_reused() {
     let conns = up.connections.load(Ordering::SeqCst);
     assert!(conns <= 2, "20 sequential requests opened {conns} upstream connections");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_heads_answer_431_and_are_audited() {
+    let up = Upstream::start("files").await;
+    let config = config_head().replacen("[gateway]", "[gateway]\nmax_request_head = \"4KiB\"", 1);
+    let gw = Gateway::start(&format!("{config}\n[[pools]]\nname = \"p\"\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\npath = \"/\"\npools = [\"p\"]\n", up.addr));
+    let big = "x".repeat(5000);
+    let a = get(&gw.url("/x"), &[("x-padding", &big)]).await;
+    let p = assert_problem(&a, 431);
+    assert_eq!(p["type"], "urn:portcullis:problem:request-head-too-large");
+    assert_eq!(up.requests.load(Ordering::SeqCst), 0);
+    assert_eq!(get(&gw.url("/x"), &[("x-padding", "small")]).await.status, 200);
+    assert!(eventually(Duration::from_secs(5), || gw.audit_records().len() >= 2).await);
+    assert_eq!(gw.audit_records()[0]["status"], 431);
+    assert_eq!(gw.audit_records()[0]["error"], "request-head-too-large");
+}

@@ -22,7 +22,9 @@ impl Policy for Router {
     fn check_config() -> Result<(), String> {
         match setting("table") {
             Some(t) => table::check(&t),
-            None => Err(String::from("setting \"table\": missing (the host renders it from the routes)")),
+            None => Err(String::from(
+                "setting \"table\": missing (the host renders it from the routes)",
+            )),
         }
     }
 

@@ -29,7 +29,9 @@ pub enum Field {
 }
 
 const FIELDS: usize = 7;
-const FIELD_NAMES: [&str; FIELDS] = ["name", "hosts", "match", "path", "methods", "pools", "facts"];
+const FIELD_NAMES: [&str; FIELDS] = [
+    "name", "hosts", "match", "path", "methods", "pools", "facts",
+];
 
 /// Fact keys the router writes itself; a route's `facts` cannot use them.
 const RESERVED_KEYS: [&str; 2] = ["name", "pools"];
@@ -51,18 +53,26 @@ impl<'a> Line<'a> {
 /// The non-empty lines of the table with their 1-based line numbers, split
 /// into fields, or the number of fields found when it is not 7.
 fn lines(table: &str) -> impl Iterator<Item = Result<Line<'_>, (usize, usize)>> {
-    table.split('\n').enumerate().filter(|(_, l)| !l.is_empty()).map(|(i, l)| {
-        let number = i + 1;
-        let mut fields = [""; FIELDS];
-        let mut n = 0;
-        for part in l.split('\t') {
-            if n < FIELDS {
-                fields[n] = part;
+    table
+        .split('\n')
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+        .map(|(i, l)| {
+            let number = i + 1;
+            let mut fields = [""; FIELDS];
+            let mut n = 0;
+            for part in l.split('\t') {
+                if n < FIELDS {
+                    fields[n] = part;
+                }
+                n += 1;
             }
-            n += 1;
-        }
-        if n == FIELDS { Ok(Line { number, fields }) } else { Err((number, n)) }
-    })
+            if n == FIELDS {
+                Ok(Line { number, fields })
+            } else {
+                Err((number, n))
+            }
+        })
 }
 
 /// Undo the table's field encoding (`%25` `%09` `%0A`, hex in either case).
@@ -128,7 +138,8 @@ fn host_rank(raw_hosts: &str, host: &str) -> Option<u8> {
             // `*.example.org`: any subdomain, not the apex.
             if suffix.starts_with('.')
                 && host.len() > suffix.len()
-                && host.as_bytes()[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+                && host.as_bytes()[host.len() - suffix.len()..]
+                    .eq_ignore_ascii_case(suffix.as_bytes())
             {
                 best = Some(1);
             }
@@ -154,7 +165,9 @@ fn path_rank(raw_match: &str, raw_path: &str, path: &str) -> Option<(bool, usize
 /// but not `/ab`; a prefix ending in `/` matches anything starting with it.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     path.starts_with(prefix)
-        && (prefix.ends_with('/') || path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/')
+        && (prefix.ends_with('/')
+            || path.len() == prefix.len()
+            || path.as_bytes()[prefix.len()] == b'/')
 }
 
 fn method_allowed(raw_methods: &str, method: &str) -> bool {
@@ -171,7 +184,10 @@ pub fn strip_port(authority: &str) -> &str {
         }
     } else {
         match authority.rfind(':') {
-            Some(i) if !authority[..i].contains(':') && authority[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+            Some(i)
+                if !authority[..i].contains(':')
+                    && authority[i + 1..].bytes().all(|b| b.is_ascii_digit()) =>
+            {
                 &authority[..i]
             }
             _ => authority,
@@ -194,8 +210,11 @@ pub fn route(table: &str, req: &RequestHead) -> Verdict {
     let mut path_matched = false;
     for line in lines(table) {
         let Ok(line) = line else { continue };
-        let Some(h) = host_rank(line.raw(Field::Hosts), host) else { continue };
-        let Some((exact, len)) = path_rank(line.raw(Field::Match), line.raw(Field::Path), path) else {
+        let Some(h) = host_rank(line.raw(Field::Hosts), host) else {
+            continue;
+        };
+        let Some((exact, len)) = path_rank(line.raw(Field::Match), line.raw(Field::Path), path)
+        else {
             continue;
         };
         path_matched = true;
@@ -219,10 +238,18 @@ fn matched(line: Line<'_>) -> Verdict {
     let pools = field(line.raw(Field::Pools)).unwrap_or_default();
     let mut edits = Edits::new();
     let raw_facts = line.raw(Field::Facts);
-    edits.facts.reserve_exact(2 + if raw_facts.is_empty() { 0 } else { raw_facts.split(',').count() });
+    edits.facts.reserve_exact(
+        2 + if raw_facts.is_empty() {
+            0
+        } else {
+            raw_facts.split(',').count()
+        },
+    );
     edits = edits.fact("route.name", name).fact("route.pools", pools);
     for item in items(raw_facts) {
-        let Some((key, value)) = item.split_once('=') else { continue };
+        let Some((key, value)) = item.split_once('=') else {
+            continue;
+        };
         if key.is_empty() || RESERVED_KEYS.contains(&key) {
             continue;
         }
@@ -260,7 +287,9 @@ fn not_allowed(table: &str, host: &str, path: &str, method: &str) -> Verdict {
     detail.push_str(method);
     detail.push_str(" is not allowed for ");
     detail.push_str(path);
-    problem(405, "Method not allowed", &detail).header("allow", allow).respond()
+    problem(405, "Method not allowed", &detail)
+        .header("allow", allow)
+        .respond()
 }
 
 fn not_found(method: &str, path: &str) -> Verdict {
@@ -289,7 +318,11 @@ pub fn check(table: &str) -> Result<(), String> {
         let name = field(line.raw(Field::Name))
             .ok_or_else(|| field_error(&at_line(line.number), Field::Name, BAD_ESCAPE))?;
         if name.is_empty() {
-            return Err(field_error(&at_line(line.number), Field::Name, "must not be empty"));
+            return Err(field_error(
+                &at_line(line.number),
+                Field::Name,
+                "must not be empty",
+            ));
         }
         let mut who = String::from("route ");
         json::push_string(&mut who, &name);
@@ -304,7 +337,9 @@ pub fn check(table: &str) -> Result<(), String> {
         names.push((name, line.number));
     }
     if names.is_empty() {
-        return Err(String::from("setting \"table\": no routes (the route table is empty)"));
+        return Err(String::from(
+            "setting \"table\": no routes (the route table is empty)",
+        ));
     }
     Ok(())
 }
@@ -355,16 +390,29 @@ fn check_route(line: &Line<'_>, who: &str) -> Result<(), String> {
 
     let path = decoded(Field::Path)?;
     if !path.starts_with('/') {
-        return Err(err(Field::Path, &got("expected a path starting with \"/\"", &path)));
+        return Err(err(
+            Field::Path,
+            &got("expected a path starting with \"/\"", &path),
+        ));
     }
     if path.contains(['?', '#']) || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        return Err(err(Field::Path, &got("expected a path without query, fragment, spaces or control characters", &path)));
+        return Err(err(
+            Field::Path,
+            &got(
+                "expected a path without query, fragment, spaces or control characters",
+                &path,
+            ),
+        ));
     }
 
     for method in items(line.raw(Field::Methods)) {
-        let token = |b: u8| b.is_ascii_uppercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b);
+        let token =
+            |b: u8| b.is_ascii_uppercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b);
         if method.is_empty() || !method.bytes().all(token) {
-            return Err(err(Field::Methods, &got("expected upper-case method names", &method)));
+            return Err(err(
+                Field::Methods,
+                &got("expected upper-case method names", &method),
+            ));
         }
     }
 
@@ -384,7 +432,10 @@ fn check_route(line: &Line<'_>, who: &str) -> Result<(), String> {
             return Err(err(Field::Facts, &got("expected key=value", &fact)));
         };
         if key.is_empty() || key.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            return Err(err(Field::Facts, &got("expected a non-empty key without spaces", &fact)));
+            return Err(err(
+                Field::Facts,
+                &got("expected a non-empty key without spaces", &fact),
+            ));
         }
         if RESERVED_KEYS.contains(&key) {
             let mut reason = got("key is reserved for the router", key);
@@ -402,18 +453,28 @@ fn check_host(host: &str) -> Result<(), String> {
         Some(inner) => {
             domain.len() == host.len()
                 && !inner.is_empty()
-                && inner.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b':' || b == b'.')
+                && inner.bytes().all(|b| {
+                    b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b':' || b == b'.'
+                })
         }
         None => {
             !domain.is_empty()
                 && !domain.starts_with('.')
                 && !domain.contains("..")
-                && domain.bytes().all(|b| !(b.is_ascii_uppercase() || b <= b' ' || b == 0x7f || b"*:/?#@[]\\%,".contains(&b)))
+                && domain.bytes().all(|b| {
+                    !(b.is_ascii_uppercase()
+                        || b <= b' '
+                        || b == 0x7f
+                        || b"*:/?#@[]\\%,".contains(&b))
+                })
         }
     };
     if ok {
         Ok(())
     } else {
-        Err(got("expected a lower-case host without port, or *.domain", host))
+        Err(got(
+            "expected a lower-case host without port, or *.domain",
+            host,
+        ))
     }
 }

@@ -9,7 +9,9 @@ use portcullis_sdk::{RequestHead, Verdict, find_header, list};
 
 /// The host's field encoding.
 fn enc(s: &str) -> String {
-    s.replace('%', "%25").replace('\t', "%09").replace('\n', "%0A")
+    s.replace('%', "%25")
+        .replace('\t', "%09")
+        .replace('\n', "%0A")
 }
 
 struct R<'a> {
@@ -23,7 +25,15 @@ struct R<'a> {
 }
 
 const fn r<'a>(name: &'a str, hosts: &'a [&'a str], path: &'a str) -> R<'a> {
-    R { name, hosts, exact: false, path, methods: &[], pools: &["default"], facts: &[] }
+    R {
+        name,
+        hosts,
+        exact: false,
+        path,
+        methods: &[],
+        pools: &["default"],
+        facts: &[],
+    }
 }
 
 impl<'a> R<'a> {
@@ -80,20 +90,32 @@ fn req(method: &str, authority: &str, path: &str) -> RequestHead {
 #[derive(Debug, PartialEq)]
 enum Out {
     Routed(Vec<(String, String)>),
-    Answer { status: u16, allow: Option<String>, body: String },
+    Answer {
+        status: u16,
+        allow: Option<String>,
+        body: String,
+    },
 }
 
 fn run(t: &str, method: &str, authority: &str, path: &str) -> Out {
     match route(t, &req(method, authority, path)) {
         Verdict::Proceed(e) => {
-            assert!(e.set_headers.is_empty() && e.remove_headers.is_empty() && e.response_headers.is_empty());
+            assert!(
+                e.set_headers.is_empty()
+                    && e.remove_headers.is_empty()
+                    && e.response_headers.is_empty()
+            );
             Out::Routed(e.facts)
         }
         Verdict::Respond(reply) => {
-            assert_eq!(find_header(&reply.headers, "content-type"), Some(&b"application/problem+json"[..]));
+            assert_eq!(
+                find_header(&reply.headers, "content-type"),
+                Some(&b"application/problem+json"[..])
+            );
             Out::Answer {
                 status: reply.status,
-                allow: find_header(&reply.headers, "allow").map(|v| String::from_utf8(v.to_vec()).unwrap()),
+                allow: find_header(&reply.headers, "allow")
+                    .map(|v| String::from_utf8(v.to_vec()).unwrap()),
                 body: String::from_utf8(reply.body).unwrap(),
             }
         }
@@ -114,10 +136,25 @@ fn pick(t: &str, method: &str, authority: &str, path: &str) -> Result<String, u1
 #[test]
 fn prefixes_match_at_segment_boundaries() {
     let t = table(&[r("clinical", &[], "/api/clinical")]);
-    for p in ["/api/clinical", "/api/clinical/", "/api/clinical/x", "/api/clinical/x/y"] {
-        assert_eq!(pick(&t, "GET", "a.example", p), Ok("clinical".into()), "{p}");
+    for p in [
+        "/api/clinical",
+        "/api/clinical/",
+        "/api/clinical/x",
+        "/api/clinical/x/y",
+    ] {
+        assert_eq!(
+            pick(&t, "GET", "a.example", p),
+            Ok("clinical".into()),
+            "{p}"
+        );
     }
-    for p in ["/api/clinicalx", "/api/clinica", "/api", "/", "/API/clinical"] {
+    for p in [
+        "/api/clinicalx",
+        "/api/clinica",
+        "/api",
+        "/",
+        "/API/clinical",
+    ] {
         assert_eq!(pick(&t, "GET", "a.example", p), Err(404), "{p}");
     }
     assert!(prefix_matches("/a/", "/a/b"));
@@ -148,7 +185,10 @@ fn exact_beats_prefix_and_longer_prefix_beats_shorter() {
         r("health-prefix", &[], "/api/v1/health"),
     ]);
     assert_eq!(pick(&t, "GET", "h", "/api/v1/health"), Ok("health".into()));
-    assert_eq!(pick(&t, "GET", "h", "/api/v1/health/deep"), Ok("health-prefix".into()));
+    assert_eq!(
+        pick(&t, "GET", "h", "/api/v1/health/deep"),
+        Ok("health-prefix".into())
+    );
     assert_eq!(pick(&t, "GET", "h", "/api/v1/x"), Ok("api-v1".into()));
     assert_eq!(pick(&t, "GET", "h", "/api/v2"), Ok("api".into()));
     assert_eq!(pick(&t, "GET", "h", "/other"), Ok("root".into()));
@@ -170,9 +210,18 @@ fn host_classes_rank_before_paths() {
         r("exact-host", &["api.example.org"], "/"),
     ]);
     // An exact host beats a wildcard, which beats any host, whatever the path.
-    assert_eq!(pick(&t, "GET", "api.example.org", "/a/b/c"), Ok("exact-host".into()));
-    assert_eq!(pick(&t, "GET", "www.example.org", "/a/b/c"), Ok("wild".into()));
-    assert_eq!(pick(&t, "GET", "other.test", "/a/b/c"), Ok("any-long".into()));
+    assert_eq!(
+        pick(&t, "GET", "api.example.org", "/a/b/c"),
+        Ok("exact-host".into())
+    );
+    assert_eq!(
+        pick(&t, "GET", "www.example.org", "/a/b/c"),
+        Ok("wild".into())
+    );
+    assert_eq!(
+        pick(&t, "GET", "other.test", "/a/b/c"),
+        Ok("any-long".into())
+    );
     assert_eq!(pick(&t, "GET", "other.test", "/a"), Err(404));
 }
 
@@ -204,7 +253,12 @@ fn hosts_lists_and_ports() {
 
 #[test]
 fn ties_go_to_the_first_route() {
-    let t = table(&[r("first", &[], "/a"), r("second", &[], "/a"), r("third", &["h"], "/b"), r("fourth", &["h"], "/b")]);
+    let t = table(&[
+        r("first", &[], "/a"),
+        r("second", &[], "/a"),
+        r("third", &["h"], "/b"),
+        r("fourth", &["h"], "/b"),
+    ]);
     assert_eq!(pick(&t, "GET", "h", "/a"), Ok("first".into()));
     assert_eq!(pick(&t, "GET", "h", "/b"), Ok("third".into()));
 }
@@ -219,7 +273,11 @@ fn methods_filter_and_405_lists_allowed() {
     assert_eq!(pick(&t, "GET", "h", "/api/x"), Ok("read".into()));
     assert_eq!(pick(&t, "POST", "h", "/api/x"), Ok("write".into()));
     match run(&t, "DELETE", "h", "/api/x") {
-        Out::Answer { status: 405, allow, body } => {
+        Out::Answer {
+            status: 405,
+            allow,
+            body,
+        } => {
             assert_eq!(allow.as_deref(), Some("GET, HEAD, POST"));
             assert_eq!(
                 body,
@@ -241,16 +299,29 @@ fn a_less_specific_route_that_allows_the_method_wins_over_405() {
         r("host-read-only", &["h.test"], "/").methods(&["GET"]),
     ]);
     assert_eq!(pick(&t, "GET", "x.test", "/docs/a"), Ok("read-only".into()));
-    assert_eq!(pick(&t, "POST", "x.test", "/docs/a"), Ok("catch-all".into()));
-    assert_eq!(pick(&t, "GET", "h.test", "/docs/a"), Ok("host-read-only".into()));
-    assert_eq!(pick(&t, "POST", "h.test", "/docs/a"), Ok("catch-all".into()));
+    assert_eq!(
+        pick(&t, "POST", "x.test", "/docs/a"),
+        Ok("catch-all".into())
+    );
+    assert_eq!(
+        pick(&t, "GET", "h.test", "/docs/a"),
+        Ok("host-read-only".into())
+    );
+    assert_eq!(
+        pick(&t, "POST", "h.test", "/docs/a"),
+        Ok("catch-all".into())
+    );
 }
 
 #[test]
 fn not_found_names_method_and_path_only() {
     let t = table(&[r("a", &["a.test"], "/a")]);
     match run(&t, "GET", "b.test", "/x\"y") {
-        Out::Answer { status: 404, allow: None, body } => assert_eq!(
+        Out::Answer {
+            status: 404,
+            allow: None,
+            body,
+        } => assert_eq!(
             body,
             r#"{"type":"about:blank","title":"No route","status":404,"detail":"no route for GET /x\"y"}"#
         ),
@@ -273,8 +344,13 @@ fn writes_name_pools_and_route_facts() {
     let t = table(&[r("clinical", &[], "/api")
         .pools(&["emr-primary", "emr,secondary"])
         .facts(&["tier=gold", "expr=a=b", "odd=50%,x", "tab=a\tb"])]);
-    let Out::Routed(facts) = run(&t, "GET", "h", "/api") else { panic!() };
-    let facts: Vec<(&str, &str)> = facts.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let Out::Routed(facts) = run(&t, "GET", "h", "/api") else {
+        panic!()
+    };
+    let facts: Vec<(&str, &str)> = facts
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     assert_eq!(
         facts,
         [
@@ -293,9 +369,15 @@ fn writes_name_pools_and_route_facts() {
 fn escaped_fields_are_decoded() {
     let t = table(&[r("tab\tname%", &["*.ex.test"], "/caf%C3%A9").methods(&["GET"])]);
     assert!(t.contains("tab%09name%25") && t.contains("/caf%25C3%25A9"));
-    assert_eq!(pick(&t, "GET", "a.ex.test", "/caf%C3%A9/menu"), Ok("tab\tname%".into()));
+    assert_eq!(
+        pick(&t, "GET", "a.ex.test", "/caf%C3%A9/menu"),
+        Ok("tab\tname%".into())
+    );
     assert_eq!(pick(&t, "GET", "a.ex.test", "/café"), Err(404));
-    assert_eq!(field("a%0Ab%0a%09%25"), Some(Cow::Owned("a\nb\n\t%".into())));
+    assert_eq!(
+        field("a%0Ab%0a%09%25"),
+        Some(Cow::Owned("a\nb\n\t%".into()))
+    );
     assert_eq!(field("plain"), Some(Cow::Borrowed("plain")));
     assert_eq!(field("bad%2C"), None);
     assert_eq!(field("bad%"), None);
@@ -304,7 +386,11 @@ fn escaped_fields_are_decoded() {
 
 #[test]
 fn blank_lines_are_skipped_and_malformed_lines_ignored_when_routing() {
-    let t = format!("\n{}\nnot\ta\troute\n\n{}\n", r("a", &[], "/a").line(), r("b", &[], "/b").line());
+    let t = format!(
+        "\n{}\nnot\ta\troute\n\n{}\n",
+        r("a", &[], "/a").line(),
+        r("b", &[], "/b").line()
+    );
     assert_eq!(pick(&t, "GET", "h", "/a"), Ok("a".into()));
     assert_eq!(pick(&t, "GET", "h", "/b"), Ok("b".into()));
 }
@@ -320,10 +406,14 @@ fn check_err(t: &str) -> String {
 fn accepts_a_good_table() {
     let t = table(&[
         r("root", &[], "/"),
-        r("clinical", &["api.example.org", "*.clinical.example.org"], "/api/clinical")
-            .methods(&["GET", "POST"])
-            .pools(&["a", "b"])
-            .facts(&["tier=gold", "audit=full"]),
+        r(
+            "clinical",
+            &["api.example.org", "*.clinical.example.org"],
+            "/api/clinical",
+        )
+        .methods(&["GET", "POST"])
+        .pools(&["a", "b"])
+        .facts(&["tier=gold", "audit=full"]),
         r("login", &["[::1]"], "/login").exact(),
     ]);
     assert_eq!(check(&t), Ok(()));
@@ -332,14 +422,25 @@ fn accepts_a_good_table() {
 
 #[test]
 fn rejects_empty_tables() {
-    assert_eq!(check_err(""), "setting \"table\": no routes (the route table is empty)");
-    assert_eq!(check_err("\n\n"), "setting \"table\": no routes (the route table is empty)");
+    assert_eq!(
+        check_err(""),
+        "setting \"table\": no routes (the route table is empty)"
+    );
+    assert_eq!(
+        check_err("\n\n"),
+        "setting \"table\": no routes (the route table is empty)"
+    );
 }
 
 #[test]
 fn rejects_bad_match_kinds_naming_route_and_field() {
-    let t = r("clinical", &[], "/api").line().replace("\tprefix\t", "\tregex\t");
-    assert_eq!(check_err(&t), r#"route "clinical": field "match": expected prefix or exact, got "regex""#);
+    let t = r("clinical", &[], "/api")
+        .line()
+        .replace("\tprefix\t", "\tregex\t");
+    assert_eq!(
+        check_err(&t),
+        r#"route "clinical": field "match": expected prefix or exact, got "regex""#
+    );
 }
 
 #[test]
@@ -356,7 +457,10 @@ fn rejects_wrong_field_counts_by_line() {
 #[test]
 fn rejects_duplicates_and_empty_names() {
     let t = table(&[r("a", &[], "/a"), r("b", &[], "/b"), r("a", &[], "/c")]);
-    assert_eq!(check_err(&t), r#"route "a": field "name": duplicate route name (first on line 1)"#);
+    assert_eq!(
+        check_err(&t),
+        r#"route "a": field "name": duplicate route name (first on line 1)"#
+    );
     let t = format!("{}\n{}", r("a", &[], "/a").line(), r("", &[], "/b").line());
     assert_eq!(check_err(&t), r#"line 2: field "name": must not be empty"#);
 }
@@ -364,24 +468,78 @@ fn rejects_duplicates_and_empty_names() {
 #[test]
 fn rejects_bad_fields() {
     let cases: &[(R<'_>, &str)] = &[
-        (r("p", &[], "api"), r#"route "p": field "path": expected a path starting with "/", got "api""#),
-        (r("p", &[], ""), r#"route "p": field "path": expected a path starting with "/", got """#),
-        (r("p", &[], "/a?b"), r#"route "p": field "path": expected a path without query, fragment, spaces or control characters, got "/a?b""#),
-        (r("h", &["API.example.org"], "/"), r#"route "h": field "hosts": expected a lower-case host without port, or *.domain, got "API.example.org""#),
-        (r("h", &["a.test:80"], "/"), r#"route "h": field "hosts": expected a lower-case host without port, or *.domain, got "a.test:80""#),
-        (r("h", &["a.*.test"], "/"), r#"route "h": field "hosts": expected a lower-case host without port, or *.domain, got "a.*.test""#),
-        (r("h", &["*example.org"], "/"), r#"route "h": field "hosts": expected a lower-case host without port, or *.domain, got "*example.org""#),
-        (r("h", &["*."], "/"), r#"route "h": field "hosts": expected a lower-case host without port, or *.domain, got "*.""#),
-        (r("h", &["a.test", ""], "/"), r#"route "h": field "hosts": expected a lower-case host without port, or *.domain, got """#),
-        (r("m", &[], "/").methods(&["get"]), r#"route "m": field "methods": expected upper-case method names, got "get""#),
-        (r("m", &[], "/").methods(&["GET", ""]), r#"route "m": field "methods": expected upper-case method names, got """#),
-        (r("m", &[], "/").methods(&["GE T"]), r#"route "m": field "methods": expected upper-case method names, got "GE T""#),
-        (r("o", &[], "/").pools(&[]), r#"route "o": field "pools": expected at least one pool"#),
-        (r("o", &[], "/").pools(&["a", ""]), r#"route "o": field "pools": pool names must not be empty"#),
-        (r("f", &[], "/").facts(&["tier"]), r#"route "f": field "facts": expected key=value, got "tier""#),
-        (r("f", &[], "/").facts(&["=gold"]), r#"route "f": field "facts": expected a non-empty key without spaces, got "=gold""#),
-        (r("f", &[], "/").facts(&["name=x"]), r#"route "f": field "facts": key is reserved for the router, got "name" (it writes route.name and route.pools itself)"#),
-        (r("q\"uote", &[], "x"), r#"route "q\"uote": field "path": expected a path starting with "/", got "x""#),
+        (
+            r("p", &[], "api"),
+            r#"route "p": field "path": expected a path starting with "/", got "api""#,
+        ),
+        (
+            r("p", &[], ""),
+            r#"route "p": field "path": expected a path starting with "/", got """#,
+        ),
+        (
+            r("p", &[], "/a?b"),
+            r#"route "p": field "path": expected a path without query, fragment, spaces or control characters, got "/a?b""#,
+        ),
+        (
+            r("h", &["API.example.org"], "/"),
+            r#"route "h": field "hosts": expected a lower-case host without port, or *.domain, got "API.example.org""#,
+        ),
+        (
+            r("h", &["a.test:80"], "/"),
+            r#"route "h": field "hosts": expected a lower-case host without port, or *.domain, got "a.test:80""#,
+        ),
+        (
+            r("h", &["a.*.test"], "/"),
+            r#"route "h": field "hosts": expected a lower-case host without port, or *.domain, got "a.*.test""#,
+        ),
+        (
+            r("h", &["*example.org"], "/"),
+            r#"route "h": field "hosts": expected a lower-case host without port, or *.domain, got "*example.org""#,
+        ),
+        (
+            r("h", &["*."], "/"),
+            r#"route "h": field "hosts": expected a lower-case host without port, or *.domain, got "*.""#,
+        ),
+        (
+            r("h", &["a.test", ""], "/"),
+            r#"route "h": field "hosts": expected a lower-case host without port, or *.domain, got """#,
+        ),
+        (
+            r("m", &[], "/").methods(&["get"]),
+            r#"route "m": field "methods": expected upper-case method names, got "get""#,
+        ),
+        (
+            r("m", &[], "/").methods(&["GET", ""]),
+            r#"route "m": field "methods": expected upper-case method names, got """#,
+        ),
+        (
+            r("m", &[], "/").methods(&["GE T"]),
+            r#"route "m": field "methods": expected upper-case method names, got "GE T""#,
+        ),
+        (
+            r("o", &[], "/").pools(&[]),
+            r#"route "o": field "pools": expected at least one pool"#,
+        ),
+        (
+            r("o", &[], "/").pools(&["a", ""]),
+            r#"route "o": field "pools": pool names must not be empty"#,
+        ),
+        (
+            r("f", &[], "/").facts(&["tier"]),
+            r#"route "f": field "facts": expected key=value, got "tier""#,
+        ),
+        (
+            r("f", &[], "/").facts(&["=gold"]),
+            r#"route "f": field "facts": expected a non-empty key without spaces, got "=gold""#,
+        ),
+        (
+            r("f", &[], "/").facts(&["name=x"]),
+            r#"route "f": field "facts": key is reserved for the router, got "name" (it writes route.name and route.pools itself)"#,
+        ),
+        (
+            r("q\"uote", &[], "x"),
+            r#"route "q\"uote": field "path": expected a path starting with "/", got "x""#,
+        ),
     ];
     for (route, want) in cases {
         assert_eq!(check_err(&route.line()), *want);
@@ -390,20 +548,27 @@ fn rejects_bad_fields() {
 
 #[test]
 fn rejects_bad_escapes() {
-    let t = r("e", &[], "/").line().replace("\tdefault\t", "\tdef%2Cault\t");
+    let t = r("e", &[], "/")
+        .line()
+        .replace("\tdefault\t", "\tdef%2Cault\t");
     assert_eq!(
         check_err(&t),
         r#"route "e": field "pools": invalid percent-escape (only %25, %09 and %0A are allowed)"#
     );
     let t = r("e", &[], "/").line().replacen('e', "e%zz", 1);
-    assert_eq!(check_err(&t), r#"line 1: field "name": invalid percent-escape (only %25, %09 and %0A are allowed)"#);
+    assert_eq!(
+        check_err(&t),
+        r#"line 1: field "name": invalid percent-escape (only %25, %09 and %0A are allowed)"#
+    );
 }
 
 #[test]
 fn reserved_fact_keys_never_override_router_facts() {
     // check-config refuses them; routing skips them anyway.
     let t = r("n", &[], "/").line() + "name=evil";
-    let Out::Routed(facts) = run(&t, "GET", "h", "/") else { panic!() };
+    let Out::Routed(facts) = run(&t, "GET", "h", "/") else {
+        panic!()
+    };
     assert_eq!(facts.len(), 2);
     assert_eq!(facts[0], ("route.name".to_string(), "n".to_string()));
 }

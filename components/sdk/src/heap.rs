@@ -38,14 +38,22 @@ const NONE: usize = usize::MAX;
 #[inline]
 fn fit(next: usize, end: usize, size: usize, align: usize) -> Option<usize> {
     let start = next.checked_add(align - 1)? & !(align - 1);
-    if start.checked_add(size)? <= end { Some(start) } else { None }
+    if start.checked_add(size)? <= end {
+        Some(start)
+    } else {
+        None
+    }
 }
 
 impl Bump {
     pub(crate) const fn new() -> Self {
         // An empty chunk: the first allocation asks the source, which hands
         // out the static arena first.
-        Bump { next: 0, end: 0, last: NONE }
+        Bump {
+            next: 0,
+            end: 0,
+            last: NONE,
+        }
     }
 
     /// Adopt a region from the source: extend the current chunk when the
@@ -129,27 +137,28 @@ mod wasm {
     use core::cell::UnsafeCell;
     use core::ptr;
 
+    /// The arena, alone in its own all-zero static so that it lands in
+    /// `.bss`: inside the initial memory, but no data segment to copy.
     #[repr(C, align(16))]
-    struct Arena([u8; ARENA_SIZE]);
+    struct Arena(UnsafeCell<[u8; ARENA_SIZE]>);
 
     struct State {
         bump: Bump,
         arena_given: bool,
     }
 
-    struct Heap {
-        state: UnsafeCell<State>,
-        arena: UnsafeCell<Arena>,
-    }
+    struct Global<T>(UnsafeCell<T>);
 
-    // SAFETY: wasm32 guests are single-threaded and every hook call runs in a
-    // fresh instance; the allocator is never re-entered.
-    unsafe impl Sync for Heap {}
+    // SAFETY: wasm32 guests are single-threaded and every hook call runs in
+    // a fresh instance; the allocator is never re-entered.
+    unsafe impl Sync for Arena {}
+    unsafe impl<T> Sync for Global<T> {}
 
-    static HEAP: Heap = Heap {
-        state: UnsafeCell::new(State { bump: Bump::new(), arena_given: false }),
-        arena: UnsafeCell::new(Arena([0; ARENA_SIZE])),
-    };
+    static ARENA: Arena = Arena(UnsafeCell::new([0; ARENA_SIZE]));
+    static STATE: Global<State> = Global(UnsafeCell::new(State {
+        bump: Bump::new(),
+        arena_given: false,
+    }));
 
     struct Pages<'a> {
         arena_given: &'a mut bool,
@@ -160,7 +169,7 @@ mod wasm {
         fn more(&mut self, min: usize) -> Option<(usize, usize)> {
             if !*self.arena_given {
                 *self.arena_given = true;
-                let start = HEAP.arena.get() as usize;
+                let start = ARENA.0.get() as usize;
                 return Some((start, start + ARENA_SIZE));
             }
             grow(min)
@@ -179,9 +188,11 @@ mod wasm {
 
     #[inline]
     fn with<R>(f: impl FnOnce(&mut Bump, &mut Pages<'_>) -> R) -> R {
-        // SAFETY: single-threaded, not re-entrant (see `Heap`).
-        let state = unsafe { &mut *HEAP.state.get() };
-        let mut pages = Pages { arena_given: &mut state.arena_given };
+        // SAFETY: single-threaded, not re-entrant (see `Global`).
+        let state = unsafe { &mut *STATE.0.get() };
+        let mut pages = Pages {
+            arena_given: &mut state.arena_given,
+        };
         f(&mut state.bump, &mut pages)
     }
 
@@ -282,7 +293,12 @@ mod tests {
 
     impl Fake {
         fn new(max_pages: usize) -> Self {
-            Fake { arena_given: false, pages: 1, max_pages, grows: 0 }
+            Fake {
+                arena_given: false,
+                pages: 1,
+                max_pages,
+                grows: 0,
+            }
         }
     }
 

@@ -133,7 +133,7 @@ macro_rules! export_policy {
     ($ty:ident) => {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
-            $crate::bindings::export!($ty with_types_in $crate::bindings);
+    $crate::bindings::export!($ty with_types_in $crate::bindings);
         };
     };
 }
@@ -166,7 +166,11 @@ pub fn find_header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
 /// The value of fact `name` (`namespace.key`); the latest one if written
 /// more than once.
 pub fn fact<'a>(req: &'a RequestHead, name: &str) -> Option<&'a str> {
-    req.facts.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    req.facts
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 // ---------------------------------------------------------------------------
@@ -202,7 +206,10 @@ impl Header {
     /// A header; `name` should be lower-case.
     #[inline]
     pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Header { name: name.into(), value: value.into() }
+        Header {
+            name: name.into(),
+            value: value.into(),
+        }
     }
 }
 
@@ -259,7 +266,11 @@ impl Reply {
     /// An empty reply with this status.
     #[inline]
     pub const fn new(status: u16) -> Self {
-        Reply { status, headers: Vec::new(), body: Vec::new() }
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
     }
 
     /// Add a header.
@@ -291,7 +302,10 @@ impl ResponseEdits {
     /// No edits.
     #[inline]
     pub const fn new() -> Self {
-        ResponseEdits { set_headers: Vec::new(), remove_headers: Vec::new() }
+        ResponseEdits {
+            set_headers: Vec::new(),
+            remove_headers: Vec::new(),
+        }
     }
 
     /// Set a response header (replacing any of that name).
@@ -321,7 +335,10 @@ mod tests {
             authority: "example.org".to_string(),
             path: "/".to_string(),
             query: None,
-            headers: vec![Header::new("x-a", "1"), Header::new("Content-Type", "text/plain")],
+            headers: vec![
+                Header::new("x-a", "1"),
+                Header::new("Content-Type", "text/plain"),
+            ],
             client_ip: "192.0.2.1".to_string(),
             listener: "main".to_string(),
             route: None,

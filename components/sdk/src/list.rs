@@ -24,7 +24,11 @@ pub fn push_item(out: &mut String, item: &str) {
     let mut rest = item;
     while let Some(i) = rest.find(['%', ',']) {
         out.push_str(&rest[..i]);
-        out.push_str(if rest.as_bytes()[i] == b'%' { "%25" } else { "%2C" });
+        out.push_str(if rest.as_bytes()[i] == b'%' {
+            "%25"
+        } else {
+            "%2C"
+        });
         rest = &rest[i + 1..];
     }
     out.push_str(rest);
@@ -37,7 +41,9 @@ pub fn decode(text: &str) -> Vec<String> {
 
 /// The decoded items of a list, borrowed unless an item has escapes.
 pub fn items(text: &str) -> Items<'_> {
-    Items { rest: if text.is_empty() { None } else { Some(text) } }
+    Items {
+        rest: if text.is_empty() { None } else { Some(text) },
+    }
 }
 
 /// Iterator returned by [`items`].

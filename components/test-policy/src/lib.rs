@@ -29,8 +29,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::Cell;
 use portcullis_sdk::{
-    Edits, Hooks, Policy, RequestHead, ResponseEdits, ResponseHead, Verdict, export_policy, json, problem, setting,
-    trap,
+    Edits, Hooks, Policy, RequestHead, ResponseEdits, ResponseHead, Verdict, export_policy, json,
+    problem, setting, trap,
 };
 
 const MODES: &str = "loop, grow, trap, remember, fail-check, header, respond, bad-fact, facts";
@@ -141,7 +141,11 @@ pub struct TestPolicy;
 
 impl Policy for TestPolicy {
     fn hooks() -> Hooks {
-        if setting("response-header").is_some() { Hooks::ON_RESPONSE } else { Hooks::empty() }
+        if setting("response-header").is_some() {
+            Hooks::ON_RESPONSE
+        } else {
+            Hooks::empty()
+        }
     }
 
     fn check_config() -> Result<(), String> {
@@ -150,7 +154,9 @@ impl Policy for TestPolicy {
             return Err(mode_error(mode.as_deref()));
         };
         match m {
-            Mode::FailCheck => Err(String::from("setting \"mode\": fail-check always fails its check")),
+            Mode::FailCheck => Err(String::from(
+                "setting \"mode\": fail-check always fails its check",
+            )),
             Mode::Header => {
                 for key in ["name", "value"] {
                     if setting(key).is_none() {
@@ -174,21 +180,34 @@ impl Policy for TestPolicy {
             Some(Mode::Grow) => grow(),
             Some(Mode::Trap) | None => trap(),
             Some(Mode::FailCheck) => portcullis_sdk::proceed(),
-            Some(Mode::Remember) => Edits::new().response_header("x-previous-path", remember(&req.path)).proceed(),
+            Some(Mode::Remember) => Edits::new()
+                .response_header("x-previous-path", remember(&req.path))
+                .proceed(),
             Some(Mode::Header) => {
                 let name = setting("name").unwrap_or_else(|| trap());
                 let value = setting("value").unwrap_or_else(|| trap());
-                Edits::new().set_header("x-test-policy", value.as_str()).response_header(name, value).proceed()
+                Edits::new()
+                    .set_header("x-test-policy", value.as_str())
+                    .response_header(name, value)
+                    .proceed()
             }
             Some(Mode::Respond) => {
                 let status = parse_status(setting("status").as_deref()).unwrap_or_else(|_| trap());
-                problem(status, "Test policy", "test-policy answered in mode respond").respond()
+                problem(
+                    status,
+                    "Test policy",
+                    "test-policy answered in mode respond",
+                )
+                .respond()
             }
             Some(Mode::BadFact) => Edits::new().fact("route.name", "hijacked").proceed(),
             Some(Mode::Facts) => {
                 let mut name = setting("namespace").unwrap_or_else(|| String::from("test"));
                 name.push_str(".seen");
-                Edits::new().fact(name, "1").set_header("x-seen-facts", seen_facts(&req)).proceed()
+                Edits::new()
+                    .fact(name, "1")
+                    .set_header("x-seen-facts", seen_facts(&req))
+                    .proceed()
             }
         }
     }
@@ -250,7 +269,10 @@ mod tests {
             client_ip: "::1".to_string(),
             listener: "l".to_string(),
             route: Some("r".to_string()),
-            facts: vec![("route.name".to_string(), "r".to_string()), ("route.pools".to_string(), "a,b".to_string())],
+            facts: vec![
+                ("route.name".to_string(), "r".to_string()),
+                ("route.pools".to_string(), "a,b".to_string()),
+            ],
         };
         assert_eq!(seen_facts(&req), "route.name=r;route.pools=a,b");
     }
