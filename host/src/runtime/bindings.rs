@@ -16,3 +16,21 @@ wasmtime::component::bindgen!({
 
 pub use self::exports::portcullis::gateway::policy as guest;
 pub use self::portcullis::gateway::types;
+
+/// The same world with synchronous exports, for policies that do not import
+/// `io`: nothing they call can wait, so they run without a fiber (cheaper
+/// per call). Types and host interfaces are shared with the async bindings.
+pub mod sync {
+    wasmtime::component::bindgen!({
+        world: "policy-component",
+        path: "../wit",
+        with: {
+            "portcullis:gateway/types": super::portcullis::gateway::types,
+            "portcullis:gateway/host": super::portcullis::gateway::host,
+            "portcullis:gateway/io": super::portcullis::gateway::io,
+        },
+        require_store_data_send: true,
+    });
+
+    pub use self::exports::portcullis::gateway::policy as guest;
+}

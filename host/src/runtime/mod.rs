@@ -27,7 +27,7 @@ use bindings::guest;
 use bindings::types;
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 /// Epoch ticks are this long; deadlines are counted in them.
@@ -151,8 +151,13 @@ impl Runtime {
                 return Err(invalid(format!("imports {name:?}; a policy may import only portcullis:gateway/host and portcullis:gateway/io (build it no_std with the SDK)")));
             }
         }
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| invalid(format!("{e:#}")))?;
-        let pre = bindings::PolicyComponentPre::new(pre).map_err(|e| invalid(format!("{e:#}")))?;
+        let imports_io = component.component_type().imports(&self.engine).any(|(name, _)| name.starts_with("portcullis:gateway/io"));
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| invalid(format!("{e:#}")))?;
+        let pre = if imports_io {
+            Pre::Async(bindings::PolicyComponentPre::new(instance_pre).map_err(|e| invalid(format!("{e:#}")))?)
+        } else {
+            Pre::Sync(bindings::sync::PolicyComponentPre::new(instance_pre).map_err(|e| invalid(format!("{e:#}")))?)
+        };
         Ok(PolicyModule { digest, pre })
     }
 
@@ -165,20 +170,31 @@ impl Runtime {
     }
 
     /// Run one hook in a fresh instance: instantiate, call, drop. The deadline
-    /// covers instantiation, the guest's work and any `io` waits.
+    /// covers instantiation, the guest's work and any `io` waits. Policies
+    /// that import no `io` run synchronously (no fiber: nothing can wait);
+    /// the others run on a fiber so an `io` wait parks only this request.
     pub async fn call<R>(
         &self,
         module: &PolicyModule,
         state: PolicyState,
-        hook: impl AsyncFnOnce(&guest::Guest, &mut Store<PolicyState>) -> wasmtime::Result<R>,
+        sync_hook: impl FnOnce(&bindings::sync::guest::Guest, &mut Store<PolicyState>) -> wasmtime::Result<R>,
+        async_hook: impl AsyncFnOnce(&guest::Guest, &mut Store<PolicyState>) -> wasmtime::Result<R>,
     ) -> (Result<R, PolicyFailure>, Vec<(String, String)>) {
         let policy = state.policy.to_string();
         let mut store = self.store(state);
-        let run = async {
-            let instance = module.pre.instantiate_async(&mut store).await?;
-            hook(instance.portcullis_gateway_policy(), &mut store).await
+        let result = match &module.pre {
+            Pre::Sync(pre) => match pre.instantiate(&mut store) {
+                Ok(instance) => Ok(sync_hook(instance.portcullis_gateway_policy(), &mut store)),
+                Err(e) => Ok(Err(e)),
+            },
+            Pre::Async(pre) => {
+                let run = async {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    async_hook(instance.portcullis_gateway_policy(), &mut store).await
+                };
+                tokio::time::timeout(self.deadline, run).await
+            }
         };
-        let result = tokio::time::timeout(self.deadline, run).await;
         let failure = |class: FailureClass, detail: String| PolicyFailure { policy: policy.clone(), class, detail };
         let result = match result {
             Err(_) => Err(failure(FailureClass::Deadline, format!("no answer within {:?}", self.deadline))),
@@ -215,7 +231,19 @@ fn is_capacity(e: &wasmtime::Error) -> bool {
 pub struct PolicyModule {
     /// Hex SHA-256 of the component bytes.
     pub digest: String,
-    pre: bindings::PolicyComponentPre<PolicyState>,
+    pre: Pre,
+}
+
+impl PolicyModule {
+    /// Whether calls run on a fiber (the policy imports `io`, which may wait).
+    pub fn is_async(&self) -> bool {
+        matches!(self.pre, Pre::Async(_))
+    }
+}
+
+enum Pre {
+    Sync(bindings::sync::PolicyComponentPre<PolicyState>),
+    Async(bindings::PolicyComponentPre<PolicyState>),
 }
 
 /// Shorthand for the calls the request path makes.
@@ -224,17 +252,17 @@ pub mod hooks {
 
     /// `hooks()`.
     pub async fn hooks(rt: &Runtime, m: &PolicyModule, st: PolicyState) -> Result<types::HookSet, PolicyFailure> {
-        rt.call(m, st, async |g, s| g.call_hooks(s).await).await.0
+        rt.call(m, st, |g, s| g.call_hooks(s), async |g, s| g.call_hooks(s).await).await.0
     }
 
     /// `check-config()`; the outer error is a failure, the inner the policy's answer.
     pub async fn check_config(rt: &Runtime, m: &PolicyModule, st: PolicyState) -> Result<Result<(), String>, PolicyFailure> {
-        rt.call(m, st, async |g, s| g.call_check_config(s).await).await.0
+        rt.call(m, st, |g, s| g.call_check_config(s), async |g, s| g.call_check_config(s).await).await.0
     }
 
     /// `on-request(head)`.
     pub async fn on_request(rt: &Runtime, m: &PolicyModule, st: PolicyState, head: &types::RequestHead) -> (Result<types::Verdict, PolicyFailure>, Vec<(String, String)>) {
-        rt.call(m, st, async |g, s| g.call_on_request(s, head).await).await
+        rt.call(m, st, |g, s| g.call_on_request(s, head), async |g, s| g.call_on_request(s, head).await).await
     }
 
     /// `on-response(head, response)`.
@@ -245,7 +273,7 @@ pub mod hooks {
         head: &types::RequestHead,
         resp: &types::ResponseHead,
     ) -> (Result<types::ResponseEdits, PolicyFailure>, Vec<(String, String)>) {
-        rt.call(m, st, async |g, s| g.call_on_response(s, head, resp).await).await
+        rt.call(m, st, |g, s| g.call_on_response(s, head, resp), async |g, s| g.call_on_response(s, head, resp).await).await
     }
 
     /// `on-complete(head, completion)`.
@@ -256,9 +284,6 @@ pub mod hooks {
         head: &types::RequestHead,
         done: &types::Completion,
     ) -> (Result<(), PolicyFailure>, Vec<(String, String)>) {
-        rt.call(m, st, async |g, s| g.call_on_complete(s, head, done).await).await
+        rt.call(m, st, |g, s| g.call_on_complete(s, head, done), async |g, s| g.call_on_complete(s, head, done).await).await
     }
-
-    /// For `Component` users outside this module (tests, bench).
-    pub fn _component_type(_: &Component) {}
 }
