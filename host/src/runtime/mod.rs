@@ -146,13 +146,26 @@ impl Runtime {
     pub fn load(&self, what: &str, bytes: &[u8]) -> Result<PolicyModule, LoadError> {
         let invalid = |reason: String| LoadError::Invalid { what: what.to_string(), reason };
         let (component, digest) = self.cache.load(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+        let mut imports_wasi = false;
         for (name, _) in component.component_type().imports(&self.engine) {
-            if !name.starts_with("portcullis:gateway/") {
-                return Err(invalid(format!("imports {name:?}; a policy may import only portcullis:gateway/host and portcullis:gateway/io (build it no_std with the SDK)")));
+            if name.starts_with("wasi:") {
+                imports_wasi = true;
+            } else if !name.starts_with("portcullis:gateway/") {
+                return Err(invalid(format!("imports {name:?}; a policy may import only portcullis:gateway/host and portcullis:gateway/io")));
             }
         }
         let imports_io = component.component_type().imports(&self.engine).any(|(name, _)| name.starts_with("portcullis:gateway/io"));
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| invalid(format!("{e:#}")))?;
+        // A std guest carries WASI imports it may never call; they are linked
+        // as traps, so a policy gets no filesystem, clock, network or
+        // environment even if it tries (no_std guests import none at all).
+        let instance_pre = if imports_wasi {
+            let mut linker = self.linker.clone();
+            linker.define_unknown_imports_as_traps(&component).map_err(|e| invalid(format!("{e:#}")))?;
+            linker.instantiate_pre(&component)
+        } else {
+            self.linker.instantiate_pre(&component)
+        }
+        .map_err(|e| invalid(format!("{e:#}")))?;
         let pre = if imports_io {
             Pre::Async(bindings::PolicyComponentPre::new(instance_pre).map_err(|e| invalid(format!("{e:#}")))?)
         } else {
