@@ -62,10 +62,20 @@ pub struct Record {
     pub outcome: String,
 }
 
+/// A line of the audit log: a request's record, or a gateway event (reload ...).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Line {
+    /// One request.
+    Request(Box<Record>),
+    /// Something the gateway did (`{"event": "reload", ...}`).
+    Event(serde_json::Value),
+}
+
 /// Where records go.
 #[derive(Clone)]
 pub struct AuditSink {
-    tx: Option<mpsc::Sender<Record>>,
+    tx: Option<mpsc::Sender<Line>>,
 }
 
 impl AuditSink {
@@ -85,19 +95,31 @@ impl AuditSink {
         AuditSink { tx: None }
     }
 
-    /// Queue a record; never waits.
+    /// Queue a request's record; never waits.
     pub fn write(&self, record: Record) {
+        self.send(Line::Request(Box::new(record)));
+    }
+
+    /// Queue a gateway event (with a `time` added); never waits.
+    pub fn write_event(&self, mut event: serde_json::Value) {
+        if let Some(map) = event.as_object_mut() {
+            map.insert("time".into(), rfc3339(std::time::SystemTime::now()).into());
+        }
+        self.send(Line::Event(event));
+    }
+
+    fn send(&self, line: Line) {
         let Some(tx) = &self.tx else {
-            tracing::debug!(target: "audit", id = %record.id, status = record.status, "audit record (no audit_log configured)");
+            tracing::debug!(target: "audit", "audit line (no audit_log configured): {}", serde_json::to_string(&line).unwrap_or_default());
             return;
         };
-        if tx.try_send(record).is_err() {
+        if tx.try_send(line).is_err() {
             tracing::error!(target: "audit", "audit queue full or closed: record dropped");
         }
     }
 }
 
-async fn write_loop(file: tokio::fs::File, mut rx: mpsc::Receiver<Record>, path: PathBuf) {
+async fn write_loop(file: tokio::fs::File, mut rx: mpsc::Receiver<Line>, path: PathBuf) {
     let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, file);
     let mut line = Vec::with_capacity(1024);
     while let Some(first) = rx.recv().await {

@@ -3,6 +3,7 @@
 //! path starts in [`proxy`].
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod audit;
 pub mod body;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod demo;
 pub mod error;
 pub mod pool;
 pub mod proxy;
+pub mod reload;
 pub mod runtime;
 pub mod serve;
 pub mod snapshot;

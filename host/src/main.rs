@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         match cli.command {
             Command::Serve { config } => match Source::read(&config) {
-                Ok(source) => report(serve::serve(&source).await),
+                Ok(source) => report(serve::serve(&source, true).await),
                 Err(e) => report(Err(e.into())),
             },
             Command::Check { config } => {
@@ -88,7 +88,7 @@ fn main() -> ExitCode {
                     }
                 }
                 eprintln!("portcullis demo: {} stand-in services on loopback; try: curl -s localhost:8080/api/clinical/vitals", parsed.pools.len());
-                report(serve::serve(&source).await)
+                report(serve::serve(&source, false).await)
             }
         }
     })

@@ -69,6 +69,9 @@ pub struct Pool {
     pub response_timeout: Duration,
     /// The pool's HTTP client (keep-alive connections per target).
     pub client: Client<HttpConnector, ProxyBody>,
+    /// The configuration it was built from (a reload reuses an unchanged pool).
+    pub config: config::Pool,
+    health_started: AtomicBool,
 }
 
 /// Milliseconds since the process started; the clock ejections are kept in.
@@ -99,6 +102,8 @@ impl Pool {
             health: cfg.health.clone(),
             response_timeout: Duration::from_millis(cfg.response_timeout_ms),
             client,
+            config: cfg.clone(),
+            health_started: AtomicBool::new(false),
         }
     }
 
@@ -138,6 +143,9 @@ impl Pool {
     /// Start the active health checks of this pool; they stop when the pool is dropped.
     pub fn spawn_health_checks(self: &Arc<Self>) {
         let Some(check) = self.health.clone() else { return };
+        if self.health_started.swap(true, Ordering::SeqCst) {
+            return; // a pool kept across a reload is already being checked
+        }
         let weak: Weak<Pool> = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(Duration::from_millis(check.interval_ms));

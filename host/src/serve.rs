@@ -3,7 +3,9 @@
 
 use crate::audit::AuditSink;
 use crate::config::{self, ConfigErrors, Source};
-use crate::proxy::{Gateway, listen};
+use crate::admin;
+use crate::proxy::Gateway;
+use crate::reload::Reloader;
 use crate::runtime::{ComponentCache, Runtime, RuntimeLimits, Services};
 use crate::snapshot::Snapshot;
 use std::sync::Arc;
@@ -40,26 +42,39 @@ pub async fn load(source: &Source) -> Result<Snapshot, StartError> {
         }
         None => None,
     };
-    Ok(Snapshot::build(source, runtime, Arc::new(Services::new(key))).await?)
+    Ok(Snapshot::build(source, runtime, Arc::new(Services::new(key)), None).await?)
 }
 
 /// Serve until SIGINT or SIGTERM. Prints one `listening <name> <addr>` line
-/// per listener on stdout once it accepts connections.
-pub async fn serve(source: &Source) -> Result<(), StartError> {
+/// per listener (and `admin <addr>`) on stdout once it accepts connections.
+/// `reloadable`: the configuration is a file that reloads may re-read.
+pub async fn serve(source: &Source, reloadable: bool) -> Result<(), StartError> {
     let snapshot = load(source).await?;
-    let bound = listen::bind(&snapshot.listeners).await.map_err(anyhow::Error::from)?;
     let audit = match &snapshot.audit_log {
         Some(path) => AuditSink::open(path.clone()).await.map_err(|e| anyhow::anyhow!("audit log {}: {e}", path.display()))?,
         None => AuditSink::disabled(),
     };
+    let admin = snapshot.admin.clone();
+    let admin_token = match admin.as_ref().and_then(|a| a.token_file.as_deref()) {
+        Some(file) => {
+            let path = source.resolve(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: admin.token_file: cannot read {}: {e}", source.file.display(), path.display()))?;
+            Some(text.trim().to_string()).filter(|t| !t.is_empty())
+        }
+        None => std::env::var("PORTCULLIS_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+    };
     snapshot.start();
     tracing::info!(version = %snapshot.version, routes = snapshot.routes.len(), policies = snapshot.policies.len(), "chain loaded");
     let gateway = Arc::new(Gateway { snapshot: arc_swap::ArcSwap::from_pointee(snapshot), audit });
-    for (spec, listener) in bound {
-        let addr = listener.local_addr().map_err(anyhow::Error::from)?;
-        println!("listening {} {addr}", spec.name);
-        tokio::spawn(listen::serve(gateway.clone(), spec, listener));
+    let reloader = Reloader::new(gateway.clone(), reloadable.then(|| source.file.clone()));
+    reloader.start_listeners().await.map_err(anyhow::Error::from)?;
+    if let Some(admin) = admin {
+        let address = admin.address.parse().map_err(|_| anyhow::anyhow!("{}: admin.address: expected ip:port, got {:?}", source.file.display(), admin.address))?;
+        let bound = admin::start(reloader.clone(), address, admin_token).await.map_err(anyhow::Error::from)?;
+        println!("admin {bound}");
     }
+    reloader.spawn_sighup();
+    reloader.spawn_watcher();
     shutdown_signal().await;
     tracing::info!("shutting down");
     Ok(())

@@ -94,11 +94,23 @@ pub struct Snapshot {
     pub services: Arc<Services>,
     /// Audit log path, if any.
     pub audit_log: Option<std::path::PathBuf>,
+    /// `[runtime]` as loaded (changes apply at restart).
+    pub runtime_config: config::Runtime,
+    /// `[admin]` as loaded.
+    pub admin: Option<config::Admin>,
+    /// Files whose change triggers a reload: the config and every component file.
+    pub watch_paths: Vec<std::path::PathBuf>,
+    /// Whether to watch them.
+    pub watch: bool,
+    /// When this snapshot was built.
+    pub loaded_at: std::time::SystemTime,
 }
 
 impl Snapshot {
     /// Parse, validate and load `source`. Every error found is returned.
-    pub async fn build(source: &Source, runtime: Arc<Runtime>, services: Arc<Services>) -> Result<Snapshot, ConfigErrors> {
+    /// `previous` is the snapshot being replaced: unchanged pools are kept
+    /// (connections, passive and active health state).
+    pub async fn build(source: &Source, runtime: Arc<Runtime>, services: Arc<Services>, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
         let config = config::parse(source)?;
         // Reference errors do not stop the components from being loaded and
         // checked: an operator sees every problem of the file in one run.
@@ -183,7 +195,14 @@ impl Snapshot {
             version,
             router,
             routes,
-            pools: config.pools.iter().map(|p| (p.name.get_ref().clone(), Arc::new(Pool::new(p)))).collect(),
+            pools: config
+                .pools
+                .iter()
+                .map(|p| {
+                    let kept = previous.and_then(|prev| prev.pools.get(p.name.get_ref())).filter(|old| old.config.same_as(p)).cloned();
+                    (p.name.get_ref().clone(), kept.unwrap_or_else(|| Arc::new(Pool::new(p))))
+                })
+                .collect(),
             policies,
             listeners: listeners(&config),
             trusted_proxies: config
@@ -196,6 +215,13 @@ impl Snapshot {
             runtime,
             services,
             audit_log: config.gateway.audit_log.as_deref().map(|p| source.resolve(p)),
+            runtime_config: config.runtime.clone(),
+            admin: config.admin.clone(),
+            watch_paths: std::iter::once(source.file.clone())
+                .chain(config.policies.values().filter(|d| !d.component.get_ref().starts_with("builtin:")).map(|d| source.resolve(d.component.get_ref())))
+                .collect(),
+            watch: config.gateway.watch,
+            loaded_at: std::time::SystemTime::now(),
         })
     }
 

@@ -6,6 +6,7 @@ mod support;
 mod check;
 mod clients;
 mod hostile;
+mod reload;
 mod routing;
 mod streaming;
 mod upstreams;

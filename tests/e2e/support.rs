@@ -43,6 +43,7 @@ impl Upstream {
     /// - `/slow/<ms>`: waits, then answers;
     /// - `/download/<bytes>`: streams that many bytes;
     /// - `/health`: 200;
+    /// - `/leaky`: 200 with `server`, `x-powered-by`, `vary: Accept-Encoding` and its own `access-control-allow-origin: *` (for the security-headers tests);
     /// - anything else: JSON echo of method, path, headers and the number of body bytes read (uploads stream through and are counted, not kept).
     pub async fn start(name: &str) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -110,6 +111,13 @@ async fn answer(name: String, mut req: Request<Incoming>) -> Result<Response<Box
     if path == "/health" {
         return Ok(Response::new(full("ok")));
     }
+    if path == "/leaky" {
+        let mut resp = Response::new(full("leaky"));
+        for (k, v) in [("server", "nginx/1.25.3"), ("x-powered-by", "Express"), ("vary", "Accept-Encoding"), ("access-control-allow-origin", "*")] {
+            resp.headers_mut().insert(k, v.parse().unwrap());
+        }
+        return Ok(resp);
+    }
     if let Some(n) = path.strip_prefix("/download/") {
         let total: u64 = n.parse().unwrap_or(0);
         return Ok(Response::new(generated_body(total)));
@@ -154,6 +162,8 @@ pub fn generated_body(total: u64) -> BoxBody {
 pub struct Gateway {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener, when the config has `[admin]`.
+    pub admin: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
 }
 
@@ -173,6 +183,11 @@ impl Gateway {
     /// Start the gateway on `config` (its listener should bind 127.0.0.1:0).
     pub fn start(config: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
+        Gateway::start_in(dir, config)
+    }
+
+    /// Start the gateway with its config written into `dir` as gateway.toml.
+    pub fn start_in(dir: tempfile::TempDir, config: &str) -> Gateway {
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
@@ -188,14 +203,35 @@ impl Gateway {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("listening ") {
-                    let addr: SocketAddr = rest.split_whitespace().nth(1).unwrap().parse().unwrap();
-                    let _ = tx.send(addr);
+                let mut words = line.split_whitespace();
+                match words.next() {
+                    Some("listening") => {
+                        let addr: SocketAddr = words.nth(1).unwrap().parse().unwrap();
+                        let _ = tx.send(("listening", addr));
+                    }
+                    Some("admin") => {
+                        let addr: SocketAddr = words.next().unwrap().parse().unwrap();
+                        let _ = tx.send(("admin", addr));
+                    }
+                    _ => {}
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the gateway did not start listening within 60 s");
-        Gateway { child, addr, dir }
+        let wait = Duration::from_secs(60);
+        let (_, addr) = rx.recv_timeout(wait).expect("the gateway did not start listening within 60 s");
+        let admin = config.contains("[admin]").then(|| rx.recv_timeout(wait).expect("no admin listener within 60 s").1);
+        Gateway { child, addr, admin, dir }
+    }
+
+    /// Ask the admin listener; `token` as bearer.
+    pub async fn admin(&self, method: &str, path: &str, token: Option<&str>) -> Answer {
+        let mut headers = Vec::new();
+        let auth;
+        if let Some(t) = token {
+            auth = format!("Bearer {t}");
+            headers.push(("authorization", auth.as_str()));
+        }
+        request(method, &format!("http://{}{path}", self.admin.expect("the config has no [admin]")), &headers).await
     }
 
     /// `http://127.0.0.1:port`.

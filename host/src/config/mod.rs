@@ -171,6 +171,9 @@ pub struct Config {
     /// Groups of upstream targets.
     #[serde(default)]
     pub pools: Vec<Pool>,
+    /// The admin listener (reload, loaded policies, health); none when absent.
+    #[serde(default)]
+    pub admin: Option<Admin>,
     /// Policy components by name; the name is also the policy's fact namespace.
     #[serde(default)]
     pub policies: BTreeMap<String, PolicyDef>,
@@ -197,6 +200,8 @@ pub struct Gateway {
     pub max_request_body: ByteSize,
     /// File holding the key for `host.pseudonym` (HMAC); a random per-process key when absent.
     pub pseudonym_key_file: Option<String>,
+    /// Reload when the config file or a component file changes (debounced).
+    pub watch: bool,
 }
 
 impl Default for Gateway {
@@ -209,12 +214,29 @@ impl Default for Gateway {
             max_request_head: ByteSize(64 * 1024),
             max_request_body: ByteSize(16 * 1024 * 1024),
             pseudonym_key_file: None,
+            watch: true,
         }
     }
 }
 
+/// `[admin]`: the operator's endpoints, on their own listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// `ip:port`; loopback by default.
+    #[serde(default = "default_admin_address")]
+    pub address: String,
+    /// File holding the bearer token for `/admin/*` (or env `PORTCULLIS_ADMIN_TOKEN`).
+    #[serde(default)]
+    pub token_file: Option<String>,
+}
+
+fn default_admin_address() -> String {
+    "127.0.0.1:9901".into()
+}
+
 /// `[runtime]`: limits of each policy instance.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Runtime {
     /// Wall-clock budget of one policy call, milliseconds.
@@ -305,7 +327,7 @@ fn default_idle_timeout() -> u64 {
 }
 
 /// `[pools.passive]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Passive {
     /// Consecutive failures (connect errors, timeouts) before ejection.
@@ -321,7 +343,7 @@ impl Default for Passive {
 }
 
 /// `[pools.health]`: the platforms' defaults are 30 s, 3 s, 3 failures.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheck {
     /// Path probed with GET; any 2xx is healthy.
@@ -339,6 +361,23 @@ pub struct HealthCheck {
 impl Default for HealthCheck {
     fn default() -> Self {
         HealthCheck { path: "/health".into(), interval_ms: 30_000, timeout_ms: 3_000, unhealthy_after: 3, healthy_after: 1 }
+    }
+}
+
+impl Pool {
+    /// Same servers and behaviour (spans ignored): a reload keeps such a
+    /// pool, with its connections and health state, instead of rebuilding it.
+    pub fn same_as(&self, other: &Pool) -> bool {
+        let targets = |p: &Pool| p.targets.iter().map(|t| t.get_ref().clone()).collect::<Vec<_>>();
+        self.name.get_ref() == other.name.get_ref()
+            && self.region == other.region
+            && targets(self) == targets(other)
+            && self.balance == other.balance
+            && self.connect_timeout_ms == other.connect_timeout_ms
+            && self.response_timeout_ms == other.response_timeout_ms
+            && self.idle_timeout_ms == other.idle_timeout_ms
+            && self.passive == other.passive
+            && self.health == other.health
     }
 }
 

@@ -144,7 +144,8 @@ impl Runtime {
 
     /// Compile (or load from the cache) a component and prepare it for instantiation.
     pub fn load(&self, what: &str, bytes: &[u8]) -> Result<PolicyModule, LoadError> {
-        let invalid = |reason: String| LoadError::Invalid { what: what.to_string(), reason };
+        // One line per error: wasmparser's messages can span several.
+        let invalid = |reason: String| LoadError::Invalid { what: what.to_string(), reason: reason.split_whitespace().collect::<Vec<_>>().join(" ") };
         let (component, digest) = self.cache.load(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
         let mut imports_wasi = false;
         for (name, _) in component.component_type().imports(&self.engine) {
