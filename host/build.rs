@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Guests to build, by crate name.
-const GUESTS: &[&str] = &["router", "test-policy"];
+const GUESTS: &[&str] = &["router", "test-policy", "security-headers"];
+/// Guests that link std (built in a cargo run of their own, see `main`).
+const STD_GUESTS: &[&str] = &["jwt-auth"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -18,12 +20,26 @@ fn main() {
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
     rerun_if_changed(&components);
 
+    // Two cargo runs, so that cargo features do not unify across them: the
+    // no_std guests use the SDK's `allocator` feature (bump allocator, panic
+    // handler, cabi_realloc); std guests must not get it (std provides those).
+    build_guests(&components, &target_dir, GUESTS);
+    build_guests(&components, &target_dir, STD_GUESTS);
+    for p in GUESTS.iter().chain(STD_GUESTS) {
+        let file = target_dir.join("wasm32-wasip2/release").join(format!("{}.wasm", p.replace('-', "_")));
+        assert!(file.exists(), "missing {}", file.display());
+        let var = format!("PORTCULLIS_{}_WASM", p.replace('-', "_").to_ascii_uppercase());
+        println!("cargo:rustc-env={var}={}", file.display());
+    }
+}
+
+fn build_guests(components: &Path, target_dir: &Path, guests: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(&components)
+    cmd.current_dir(components)
         .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
-        .arg(&target_dir);
-    for p in GUESTS {
+        .arg(target_dir);
+    for p in guests {
         cmd.args(["-p", p]);
     }
     // The outer build's flags are for the host, not the guests.
@@ -32,16 +48,12 @@ fn main() {
     }
     // A small shadow stack keeps a guest's live data in its first 64 KiB page,
     // which is what the pooling allocator keeps resident and resets cheaply.
+    // (The same flags for every run, so the runs share compiled crates; a
+    // guest that needs a bigger stack sets it in its own build script.)
     cmd.env("CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS", "-C link-arg=-zstack-size=16384");
     let status = cmd.status().expect("run cargo for the policy components");
     if !status.success() {
         panic!("building the policy components for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)");
-    }
-    for p in GUESTS {
-        let file = target_dir.join("wasm32-wasip2/release").join(format!("{}.wasm", p.replace('-', "_")));
-        assert!(file.exists(), "missing {}", file.display());
-        let var = format!("PORTCULLIS_{}_WASM", p.replace('-', "_").to_ascii_uppercase());
-        println!("cargo:rustc-env={var}={}", file.display());
     }
 }
 

@@ -8,5 +8,6 @@ mod clients;
 mod hostile;
 mod reload;
 mod routing;
+mod security_headers;
 mod streaming;
 mod upstreams;

@@ -2,7 +2,9 @@
 //! the host-rendered route table (setting `table`) and writes the facts
 //! `route.name`, `route.pools` and `route.<key>` for the route's `facts`.
 //! No route: 404; a route for the host and path but not the method: 405
-//! with `allow`. Both answers are problem+json.
+//! with `allow`. Both answers are problem+json. A CORS preflight (`OPTIONS`
+//! with `access-control-request-method`) matches a route that allows the
+//! requested method, so the route's chain can answer it (see [`table`]).
 #![no_std]
 
 extern crate alloc;

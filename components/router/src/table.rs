@@ -9,11 +9,26 @@
 //! The request path never allocates unless a field it reads holds an
 //! escape: the table is walked in place and only the winning route's name,
 //! pools and facts are copied out.
+//!
+//! # CORS preflights
+//!
+//! A CORS preflight is an `OPTIONS` request carrying an
+//! `access-control-request-method` header: the browser asks whether the
+//! *requested* method may be sent. A route matches a preflight when it
+//! allows `OPTIONS` itself **or the requested method** (and, as for every
+//! request, when it has no `methods` at all). So a route with
+//! `methods = ["GET", "PUT"]` receives the preflight of a `PUT` and its chain
+//! (the security-headers policy, placed first) answers it; the route is never
+//! forced to list `OPTIONS`. Among the routes that match, ranking is the
+//! usual one, so the preflight lands on the route that will serve the actual
+//! request. A preflight for a method no matching route allows is answered 405
+//! with `allow`, like any other method. An `OPTIONS` request without
+//! `access-control-request-method` is an ordinary request.
 
 use alloc::borrow::Cow;
 use alloc::string::String;
 use alloc::vec::Vec;
-use portcullis_sdk::{Edits, RequestHead, Verdict, json, list, problem};
+use portcullis_sdk::{Edits, RequestHead, Verdict, header_value, json, list, problem};
 
 /// The fields of a route line, in table order.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -174,6 +189,19 @@ fn method_allowed(raw_methods: &str, method: &str) -> bool {
     raw_methods.is_empty() || items(raw_methods).any(|m| m == method)
 }
 
+/// The method a CORS preflight asks about: the trimmed, non-empty value of
+/// `access-control-request-method` on an `OPTIONS` request; `None` for every
+/// other request.
+pub fn preflight_method(req: &RequestHead) -> Option<&str> {
+    if req.method != "OPTIONS" {
+        return None;
+    }
+    let value = header_value(req, "access-control-request-method")?;
+    let value = core::str::from_utf8(value).ok()?;
+    let value = value.trim_matches([' ', '\t']);
+    (!value.is_empty()).then_some(value)
+}
+
 /// The host part of an authority: lower-case is assumed, a `:port` is
 /// stripped (`[v6]:port` too).
 pub fn strip_port(authority: &str) -> &str {
@@ -206,6 +234,7 @@ pub fn route(table: &str, req: &RequestHead) -> Verdict {
         Some(i) => &req.path[..i],
         None => &req.path,
     };
+    let preflight = preflight_method(req);
     let mut best: Option<(Rank, Line<'_>)> = None;
     let mut path_matched = false;
     for line in lines(table) {
@@ -218,7 +247,10 @@ pub fn route(table: &str, req: &RequestHead) -> Verdict {
             continue;
         };
         path_matched = true;
-        if !method_allowed(line.raw(Field::Methods), &req.method) {
+        let methods = line.raw(Field::Methods);
+        if !method_allowed(methods, &req.method)
+            && !preflight.is_some_and(|m| method_allowed(methods, m))
+        {
             continue;
         }
         let rank = (h, exact, len);

@@ -1,11 +1,11 @@
 extern crate std;
 
-use crate::table::{check, field, prefix_matches, route, strip_port};
+use crate::table::{check, field, prefix_matches, preflight_method, route, strip_port};
 use alloc::borrow::Cow;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use alloc::{format, vec};
-use portcullis_sdk::{RequestHead, Verdict, find_header, list};
+use portcullis_sdk::{Header, RequestHead, Verdict, find_header, list};
 
 /// The host's field encoding.
 fn enc(s: &str) -> String {
@@ -98,7 +98,11 @@ enum Out {
 }
 
 fn run(t: &str, method: &str, authority: &str, path: &str) -> Out {
-    match route(t, &req(method, authority, path)) {
+    run_req(t, &req(method, authority, path))
+}
+
+fn run_req(t: &str, r: &RequestHead) -> Out {
+    match route(t, r) {
         Verdict::Proceed(e) => {
             assert!(
                 e.set_headers.is_empty()
@@ -571,4 +575,116 @@ fn reserved_fact_keys_never_override_router_facts() {
     };
     assert_eq!(facts.len(), 2);
     assert_eq!(facts[0], ("route.name".to_string(), "n".to_string()));
+}
+
+// ---------------------------------------------------------------------------
+// CORS preflights
+
+/// An `OPTIONS` request with these headers.
+fn options(path: &str, headers: &[(&str, &str)]) -> RequestHead {
+    let mut r = req("OPTIONS", "h", path);
+    r.headers = headers.iter().map(|(n, v)| Header::new(*n, *v)).collect();
+    r
+}
+
+fn pick_req(t: &str, r: &RequestHead) -> Result<String, u16> {
+    match run_req(t, r) {
+        Out::Routed(facts) => Ok(facts[0].1.clone()),
+        Out::Answer { status, .. } => Err(status),
+    }
+}
+
+#[test]
+fn a_preflight_matches_a_route_that_allows_the_requested_method() {
+    let t = table(&[r("api", &[], "/api").methods(&["GET", "PUT"])]);
+    let pre = |m: &str| {
+        options(
+            "/api/x",
+            &[
+                ("origin", "https://a.test"),
+                ("access-control-request-method", m),
+            ],
+        )
+    };
+    assert_eq!(pick_req(&t, &pre("PUT")), Ok("api".into()));
+    assert_eq!(pick_req(&t, &pre("GET")), Ok("api".into()));
+    // A method the route does not allow: 405 with the route's methods, as before.
+    match run_req(&t, &pre("DELETE")) {
+        Out::Answer {
+            status: 405, allow, ..
+        } => assert_eq!(allow.as_deref(), Some("GET, PUT")),
+        o => panic!("{o:?}"),
+    }
+    // Without access-control-request-method, OPTIONS is an ordinary method.
+    assert_eq!(
+        pick_req(&t, &options("/api/x", &[("origin", "https://a.test")])),
+        Err(405)
+    );
+    assert_eq!(pick(&t, "OPTIONS", "h", "/api/x"), Err(405));
+    // An empty requested method is no preflight.
+    assert_eq!(pick_req(&t, &pre("")), Err(405));
+    // Only OPTIONS carries a preflight: a GET with the header routes as a GET.
+    let mut get = pre("PUT");
+    get.method = "DELETE".into();
+    assert_eq!(pick_req(&t, &get), Err(405));
+    // Paths and hosts still have to match.
+    assert_eq!(
+        pick_req(
+            &t,
+            &options("/other", &[("access-control-request-method", "GET")])
+        ),
+        Err(404)
+    );
+}
+
+#[test]
+fn a_preflight_matches_routes_allowing_options_or_any_method() {
+    let t = table(&[
+        r("opts", &[], "/opts").methods(&["OPTIONS"]),
+        r("any", &[], "/any"),
+    ]);
+    let pre = |p: &str| options(p, &[("access-control-request-method", "PATCH")]);
+    assert_eq!(pick_req(&t, &pre("/opts")), Ok("opts".into()));
+    assert_eq!(pick_req(&t, &pre("/any/x")), Ok("any".into()));
+}
+
+#[test]
+fn a_preflight_lands_on_the_route_that_serves_the_actual_request() {
+    let t = table(&[
+        r("read", &[], "/api").methods(&["GET"]),
+        r("write", &[], "/api").methods(&["POST", "PUT"]),
+        r("deep-read", &[], "/api/deep").methods(&["GET"]),
+    ]);
+    let pre = |p: &str, m: &str| options(p, &[("Access-Control-Request-Method", m)]);
+    assert_eq!(pick_req(&t, &pre("/api/x", "GET")), Ok("read".into()));
+    assert_eq!(pick_req(&t, &pre("/api/x", "PUT")), Ok("write".into()));
+    // The longer prefix does not allow PUT: the less specific route does.
+    assert_eq!(pick_req(&t, &pre("/api/deep/x", "PUT")), Ok("write".into()));
+    assert_eq!(
+        pick_req(&t, &pre("/api/deep/x", "GET")),
+        Ok("deep-read".into())
+    );
+    // Method names are case-sensitive; surrounding whitespace is ignored.
+    assert_eq!(pick_req(&t, &pre("/api/x", " PUT\t")), Ok("write".into()));
+    assert_eq!(pick_req(&t, &pre("/api/x", "put")), Err(405));
+}
+
+#[test]
+fn reads_the_preflight_method() {
+    let h = |m: &str, v: Option<&str>| {
+        let mut r = req(m, "h", "/");
+        r.headers = v
+            .map(|v| Header::new("access-control-request-method", v))
+            .into_iter()
+            .collect();
+        r
+    };
+    assert_eq!(preflight_method(&h("OPTIONS", Some("PUT"))), Some("PUT"));
+    assert_eq!(
+        preflight_method(&h("OPTIONS", Some("  DELETE "))),
+        Some("DELETE")
+    );
+    assert_eq!(preflight_method(&h("OPTIONS", Some(" "))), None);
+    assert_eq!(preflight_method(&h("OPTIONS", None)), None);
+    assert_eq!(preflight_method(&h("GET", Some("PUT"))), None);
 }

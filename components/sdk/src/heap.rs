@@ -13,7 +13,7 @@
 //! memory so that it is unit-tested natively; only the wasm32 glue touches real
 //! memory.
 
-#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+#![cfg_attr(not(all(target_arch = "wasm32", feature = "allocator")), allow(dead_code))]
 
 /// Size of the static arena.
 pub const ARENA_SIZE: usize = 32 * 1024;
@@ -130,7 +130,7 @@ impl Bump {
     }
 }
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "allocator"))]
 mod wasm {
     use super::{ARENA_SIZE, Bump, Source};
     use core::alloc::{GlobalAlloc, Layout};

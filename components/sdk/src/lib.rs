@@ -17,7 +17,10 @@
 //! On wasm32 the SDK also provides the global allocator (a bump allocator
 //! over a static 32 KiB arena, see [`heap`]), `cabi_realloc` and a panic
 //! handler that traps, so policy crates are `#![no_std]` and link nothing
-//! else. On other targets it links `std`, so policy logic can be unit-tested
+//! else. Those three are the default feature `allocator`; a policy that
+//! needs std (e.g. `jwt-auth`, for `jsonwebtoken`) depends on the SDK with
+//! `default-features = false` and gets them from std and wasi-libc instead.
+//! On other targets it links `std`, so policy logic can be unit-tested
 //! natively (the host functions are not available there: calling one
 //! panics).
 #![no_std]
