@@ -23,11 +23,10 @@ pub use services::Services;
 pub use settings::Settings;
 pub use state::PolicyState;
 
-use bindings::guest;
 use bindings::types;
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, ComponentNamedList, HasSelf, InstancePre, Lift, Linker, Lower, TypedFunc};
 use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 /// Epoch ticks are this long; deadlines are counted in them.
@@ -167,12 +166,15 @@ impl Runtime {
             self.linker.instantiate_pre(&component)
         }
         .map_err(|e| invalid(format!("{e:#}")))?;
-        let pre = if imports_io {
-            Pre::Async(bindings::PolicyComponentPre::new(instance_pre).map_err(|e| invalid(format!("{e:#}")))?)
+        // The generated bindings check every export's signature against the
+        // contract, once, here; calls then use unchecked typed functions.
+        if imports_io {
+            bindings::PolicyComponentPre::new(instance_pre.clone()).map_err(|e| invalid(format!("{e:#}")))?;
         } else {
-            Pre::Sync(bindings::sync::PolicyComponentPre::new(instance_pre).map_err(|e| invalid(format!("{e:#}")))?)
-        };
-        Ok(PolicyModule { digest, pre })
+            bindings::sync::PolicyComponentPre::new(instance_pre.clone()).map_err(|e| invalid(format!("{e:#}")))?;
+        }
+        let exports = Exports::find(&component).ok_or_else(|| invalid("does not export portcullis:gateway/policy@0.1.0".into()))?;
+        Ok(PolicyModule { digest, pre: instance_pre, exports, is_async: imports_io })
     }
 
     fn store(&self, state: PolicyState) -> Store<PolicyState> {
@@ -187,27 +189,32 @@ impl Runtime {
     /// covers instantiation, the guest's work and any `io` waits. Policies
     /// that import no `io` run synchronously (no fiber: nothing can wait);
     /// the others run on a fiber so an `io` wait parks only this request.
-    pub async fn call<R>(
-        &self,
-        module: &PolicyModule,
-        state: PolicyState,
-        sync_hook: impl FnOnce(&bindings::sync::guest::Guest, &mut Store<PolicyState>) -> wasmtime::Result<R>,
-        async_hook: impl AsyncFnOnce(&guest::Guest, &mut Store<PolicyState>) -> wasmtime::Result<R>,
-    ) -> (Result<R, PolicyFailure>, Vec<(String, String)>) {
+    pub async fn call<P, R>(&self, module: &PolicyModule, state: PolicyState, export: Export, params: P) -> (Result<R, PolicyFailure>, Vec<(String, String)>)
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        R: ComponentNamedList + Lift + Send + Sync + 'static,
+    {
         let policy = state.policy.to_string();
         let mut store = self.store(state);
-        let result = match &module.pre {
-            Pre::Sync(pre) => match pre.instantiate(&mut store) {
-                Ok(instance) => Ok(sync_hook(instance.portcullis_gateway_policy(), &mut store)),
-                Err(e) => Ok(Err(e)),
-            },
-            Pre::Async(pre) => {
-                let run = async {
-                    let instance = pre.instantiate_async(&mut store).await?;
-                    async_hook(instance.portcullis_gateway_policy(), &mut store).await
-                };
-                tokio::time::timeout(self.deadline, run).await
-            }
+        let index = module.exports.get(export);
+        let result = if module.is_async {
+            let run = async {
+                let instance = module.pre.instantiate_async(&mut store).await?;
+                let func = instance.get_func(&mut store, index).ok_or_else(|| wasmtime::format_err!("export {export:?} missing"))?;
+                // SAFETY: the signature was checked against the contract at load (`PolicyComponentPre::new`).
+                let typed = unsafe { TypedFunc::<P, R>::new_unchecked(func) };
+                typed.call_async(&mut store, params).await
+            };
+            tokio::time::timeout(self.deadline, run).await
+        } else {
+            let mut run = || {
+                let instance = module.pre.instantiate(&mut store)?;
+                let func = instance.get_func(&mut store, index).ok_or_else(|| wasmtime::format_err!("export {export:?} missing"))?;
+                // SAFETY: the signature was checked against the contract at load (`PolicyComponentPre::new`).
+                let typed = unsafe { TypedFunc::<P, R>::new_unchecked(func) };
+                typed.call(&mut store, params)
+            };
+            Ok(run())
         };
         let failure = |class: FailureClass, detail: String| PolicyFailure { policy: policy.clone(), class, detail };
         let result = match result {
@@ -245,19 +252,46 @@ fn is_capacity(e: &wasmtime::Error) -> bool {
 pub struct PolicyModule {
     /// Hex SHA-256 of the component bytes.
     pub digest: String,
-    pre: Pre,
+    pre: InstancePre<PolicyState>,
+    exports: Exports,
+    is_async: bool,
 }
 
 impl PolicyModule {
     /// Whether calls run on a fiber (the policy imports `io`, which may wait).
     pub fn is_async(&self) -> bool {
-        matches!(self.pre, Pre::Async(_))
+        self.is_async
     }
 }
 
-enum Pre {
-    Sync(bindings::sync::PolicyComponentPre<PolicyState>),
-    Async(bindings::PolicyComponentPre<PolicyState>),
+/// The policy's exports.
+#[derive(Debug, Clone, Copy)]
+pub enum Export {
+    /// `hooks`
+    Hooks,
+    /// `check-config`
+    CheckConfig,
+    /// `on-request`
+    OnRequest,
+    /// `on-response`
+    OnResponse,
+    /// `on-complete`
+    OnComplete,
+}
+
+/// Export indices resolved once per component (no string lookups per call).
+struct Exports([ComponentExportIndex; 5]);
+
+impl Exports {
+    fn find(component: &Component) -> Option<Exports> {
+        let iface = component.get_export_index(None, "portcullis:gateway/policy@0.1.0")?;
+        let get = |name: &str| component.get_export_index(Some(&iface), name);
+        Some(Exports([get("hooks")?, get("check-config")?, get("on-request")?, get("on-response")?, get("on-complete")?]))
+    }
+
+    fn get(&self, e: Export) -> &ComponentExportIndex {
+        &self.0[e as usize]
+    }
 }
 
 /// Shorthand for the calls the request path makes.
@@ -266,17 +300,18 @@ pub mod hooks {
 
     /// `hooks()`.
     pub async fn hooks(rt: &Runtime, m: &PolicyModule, st: PolicyState) -> Result<types::HookSet, PolicyFailure> {
-        rt.call(m, st, |g, s| g.call_hooks(s), async |g, s| g.call_hooks(s).await).await.0
+        rt.call::<(), (types::HookSet,)>(m, st, Export::Hooks, ()).await.0.map(|r| r.0)
     }
 
     /// `check-config()`; the outer error is a failure, the inner the policy's answer.
     pub async fn check_config(rt: &Runtime, m: &PolicyModule, st: PolicyState) -> Result<Result<(), String>, PolicyFailure> {
-        rt.call(m, st, |g, s| g.call_check_config(s), async |g, s| g.call_check_config(s).await).await.0
+        rt.call::<(), (Result<(), String>,)>(m, st, Export::CheckConfig, ()).await.0.map(|r| r.0)
     }
 
     /// `on-request(head)`.
     pub async fn on_request(rt: &Runtime, m: &PolicyModule, st: PolicyState, head: &types::RequestHead) -> (Result<types::Verdict, PolicyFailure>, Vec<(String, String)>) {
-        rt.call(m, st, |g, s| g.call_on_request(s, head), async |g, s| g.call_on_request(s, head).await).await
+        let (r, audit) = rt.call::<(&types::RequestHead,), (types::Verdict,)>(m, st, Export::OnRequest, (head,)).await;
+        (r.map(|r| r.0), audit)
     }
 
     /// `on-response(head, response)`.
@@ -287,7 +322,8 @@ pub mod hooks {
         head: &types::RequestHead,
         resp: &types::ResponseHead,
     ) -> (Result<types::ResponseEdits, PolicyFailure>, Vec<(String, String)>) {
-        rt.call(m, st, |g, s| g.call_on_response(s, head, resp), async |g, s| g.call_on_response(s, head, resp).await).await
+        let (r, audit) = rt.call::<(&types::RequestHead, &types::ResponseHead), (types::ResponseEdits,)>(m, st, Export::OnResponse, (head, resp)).await;
+        (r.map(|r| r.0), audit)
     }
 
     /// `on-complete(head, completion)`.
@@ -298,6 +334,6 @@ pub mod hooks {
         head: &types::RequestHead,
         done: &types::Completion,
     ) -> (Result<(), PolicyFailure>, Vec<(String, String)>) {
-        rt.call(m, st, |g, s| g.call_on_complete(s, head, done), async |g, s| g.call_on_complete(s, head, done).await).await
+        rt.call::<(&types::RequestHead, &types::Completion), ()>(m, st, Export::OnComplete, (head, done)).await
     }
 }
