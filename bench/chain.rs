@@ -124,6 +124,18 @@ async fn run(iterations: u32) {
         total += us;
         println!("| {name} | {us:.2} |");
     }
+    // The floor: Store::new alone, and Store::new + instantiate + drop with no call.
+    let state = || PolicyState::new(snap.router.policy.name.clone(), "bench".into(), snap.router.policy.settings.clone(), None, snap.runtime.memory_cap(), snap.services.clone());
+    let start = Instant::now();
+    for _ in 0..iterations {
+        snap.runtime.store_only(state());
+    }
+    println!("| (floor) Store::new + drop | {:.2} |", start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations));
+    let start = Instant::now();
+    for _ in 0..iterations {
+        snap.runtime.instantiate_only(&snap.router.policy.module, state()).unwrap();
+    }
+    println!("| (floor) Store::new + instantiate router + drop, no call | {:.2} |", start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations));
     // The whole chain as the request path runs it: router, then the route's policies in order.
     let start = Instant::now();
     for _ in 0..iterations {

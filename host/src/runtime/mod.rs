@@ -237,6 +237,21 @@ impl Runtime {
         (result, audit)
     }
 
+    /// Instantiate and drop without calling anything: the floor under every
+    /// hook call, for the chain benchmark.
+    #[doc(hidden)]
+    pub fn instantiate_only(&self, module: &PolicyModule, state: PolicyState) -> wasmtime::Result<()> {
+        let mut store = self.store(state);
+        module.pre.instantiate(&mut store)?;
+        Ok(())
+    }
+
+    /// Store::new and drop alone.
+    #[doc(hidden)]
+    pub fn store_only(&self, state: PolicyState) {
+        drop(self.store(state));
+    }
+
     /// The memory cap of each instance.
     pub fn memory_cap(&self) -> usize {
         self.memory_cap
