@@ -17,8 +17,17 @@ use std::time::Instant;
 
 fn main() {
     let iterations: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    // Optional second argument: run only the policy rows whose name contains it (for profiling).
+    let only = std::env::args().nth(2);
+    FILTER.set(only).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(run(iterations));
+}
+
+static FILTER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+fn selected(name: &str) -> bool {
+    FILTER.get().and_then(|f| f.as_deref()).is_none_or(|f| name.contains(f))
 }
 
 fn config_text() -> String {
@@ -112,6 +121,9 @@ async fn run(iterations: u32) {
     println!("|---|---|");
     let mut total = 0.0;
     for (name, link, h) in [("router (7 routes)", &snap.router, head()), ("test-policy header", &route.chain[0], routed.clone()), ("test-policy facts", &route.chain[1], routed.clone())] {
+        if !selected(name) {
+            continue;
+        }
         // Warm up: page in the pool slots and code.
         for _ in 0..1000 {
             once(&snap, link, &h).await;
@@ -123,6 +135,9 @@ async fn run(iterations: u32) {
         let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations);
         total += us;
         println!("| {name} | {us:.2} |");
+    }
+    if FILTER.get().is_some_and(Option::is_some) {
+        return;
     }
     // The floor: Store::new alone, and Store::new + instantiate + drop with no call.
     let state = || PolicyState::new(snap.router.policy.name.clone(), "bench".into(), snap.router.policy.settings.clone(), None, snap.runtime.memory_cap(), snap.services.clone());
