@@ -228,3 +228,23 @@ async fn admin_endpoints_need_the_token_and_list_policies() {
     assert!(eventually(Duration::from_secs(5), || !gw.audit_records().is_empty()).await);
     assert_eq!(gw.audit_records()[0]["chain"], j["chain"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_routes_and_pools_and_removes_them() {
+    let up = Upstream::start("up").await;
+    let other = Upstream::start("other").await;
+    let gw = setup(&up, false);
+    assert_eq!(get(&gw.url("/other/x"), &[]).await.json()["service"], "up");
+    // Route order matters only for equal rank; the longer prefix wins anyway.
+    let more = config(&up, "stamp.wasm", "header", "v1", false)
+        + &format!("\n[[pools]]\nname = \"other\"\ntargets = [\"{}\"]\n[[routes]]\nname = \"other\"\npath = \"/other\"\npools = [\"other\"]\n", other.addr);
+    rewrite(&gw, &more);
+    assert_eq!(gw.admin("POST", "/admin/reload", Some(TOKEN)).await.status, 200);
+    let a = get(&gw.url("/other/x"), &[]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["service"], "other");
+    // And back: the route and its pool are gone.
+    rewrite(&gw, &config(&up, "stamp.wasm", "header", "v1", false));
+    assert_eq!(gw.admin("POST", "/admin/reload", Some(TOKEN)).await.status, 200);
+    assert_eq!(get(&gw.url("/other/x"), &[]).await.json()["service"], "up");
+}
