@@ -23,10 +23,18 @@ pub enum Fault {
 pub enum GatewayError {
     /// The request head is larger than `max_request_head`.
     #[error("request head of {size} bytes exceeds the limit of {limit}")]
-    HeadTooLarge { size: u64, limit: u64 },
+    HeadTooLarge {
+        /// Bytes in the head.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The request body is (or became) larger than the route's limit.
     #[error("request body exceeds the route's limit of {limit} bytes")]
-    BodyTooLarge { limit: u64 },
+    BodyTooLarge {
+        /// The limit.
+        limit: u64,
+    },
     /// The request could not be understood.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -38,16 +46,34 @@ pub enum GatewayError {
     UnknownRoute(String),
     /// No target of any candidate pool is available.
     #[error("no healthy target in pools {pools:?}")]
-    NoHealthyTarget { pools: Vec<String> },
+    NoHealthyTarget {
+        /// The pools tried.
+        pools: Vec<String>,
+    },
     /// Connecting to the upstream failed.
     #[error("cannot connect to upstream {target}: {detail}")]
-    UpstreamConnect { target: String, detail: String },
+    UpstreamConnect {
+        /// `host:port`.
+        target: String,
+        /// Why, for the log.
+        detail: String,
+    },
     /// The upstream did not send a response head in time.
     #[error("upstream {target} sent no response within {timeout_ms} ms")]
-    UpstreamTimeout { target: String, timeout_ms: u64 },
+    UpstreamTimeout {
+        /// `host:port`.
+        target: String,
+        /// The budget that ran out.
+        timeout_ms: u64,
+    },
     /// The upstream broke the exchange.
     #[error("upstream {target} failed: {detail}")]
-    UpstreamProtocol { target: String, detail: String },
+    UpstreamProtocol {
+        /// `host:port`.
+        target: String,
+        /// Why, for the log.
+        detail: String,
+    },
 }
 
 impl GatewayError {

@@ -206,3 +206,56 @@ impl Drop for Lease {
         self.target.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(balance: &str, max_failures: u32) -> Pool {
+        let cfg: config::Pool = toml::from_str(&format!(
+            "name = \"p\"\ntargets = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\nbalance = \"{balance}\"\npassive = {{ max_failures = {max_failures}, eject_ms = 60000 }}\n"
+        ))
+        .unwrap();
+        Pool::new(&cfg)
+    }
+
+    #[test]
+    fn round_robin_visits_every_target_in_turn() {
+        let p = pool("round-robin", 3);
+        let picked: Vec<String> = (0..6).map(|_| p.pick().unwrap().target.address.clone()).collect();
+        assert_eq!(picked[..3], picked[3..]);
+        let mut first = picked[..3].to_vec();
+        first.sort();
+        assert_eq!(first, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
+    }
+
+    #[test]
+    fn least_connections_avoids_busy_targets() {
+        let p = pool("least-connections", 3);
+        let a = p.pick().unwrap();
+        let b = p.pick().unwrap();
+        assert_ne!(a.target.address, b.target.address);
+        let c = p.pick().unwrap();
+        let busy = [a.target.address.clone(), b.target.address.clone()];
+        assert!(!busy.contains(&c.target.address), "the idle target is chosen while two are busy");
+        drop(a);
+        let d = p.pick().unwrap();
+        assert_eq!(d.target.in_flight(), 1, "a freed target (in flight 0) is preferred");
+    }
+
+    #[test]
+    fn passive_ejection_after_consecutive_failures() {
+        let p = pool("round-robin", 2);
+        let bad = p.targets[0].clone();
+        p.report(&bad, false);
+        assert!(bad.available(now_ms()), "one failure does not eject");
+        p.report(&bad, true);
+        p.report(&bad, false);
+        assert!(bad.available(now_ms()), "a success resets the count");
+        p.report(&bad, false);
+        assert!(!bad.available(now_ms()), "two consecutive failures eject");
+        for _ in 0..10 {
+            assert_ne!(p.pick().unwrap().target.address, bad.address);
+        }
+    }
+}

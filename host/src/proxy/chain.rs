@@ -54,7 +54,12 @@ pub enum ChainEnd {
     /// Every policy proceeded: forward.
     Proceed,
     /// A policy answered.
-    Respond { policy: String, response: Response<ProxyBody> },
+    Respond {
+        /// The policy that answered.
+        policy: String,
+        /// Its answer.
+        response: Response<ProxyBody>,
+    },
     /// A policy failed, or the router named an unknown route.
     Failed(GatewayError),
 }

@@ -31,6 +31,10 @@ pub fn problem(err: &GatewayError, request_id: &str) -> Response<ProxyBody> {
 /// Why a policy's reply broke the contract.
 pub fn reply_to_response(reply: types::Reply) -> Result<Response<ProxyBody>, String> {
     let status = StatusCode::from_u16(reply.status).map_err(|_| format!("reply status {} is not an HTTP status", reply.status))?;
+    // A policy answers a request; it cannot switch protocols or send interim responses.
+    if status.is_informational() {
+        return Err(format!("reply status {} is informational (1xx); a reply must be 200..=599", reply.status));
+    }
     if reply.body.len() > 64 * 1024 {
         return Err(format!("reply body of {} bytes exceeds 64 KiB", reply.body.len()));
     }

@@ -70,10 +70,20 @@ pub struct PolicyFailure {
 pub enum LoadError {
     /// The file could not be read.
     #[error("cannot read component {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// Compilation or linking failed (not a component, wrong contract version, WASI imports...).
     #[error("component {what} does not load: {reason}")]
-    Invalid { what: String, reason: String },
+    Invalid {
+        /// The component (its path or `builtin:` name).
+        what: String,
+        /// Why, on one line.
+        reason: String,
+    },
 }
 
 /// The wasmtime engine and linker every policy shares.
@@ -207,7 +217,7 @@ impl Runtime {
             };
             tokio::time::timeout(self.deadline, run).await
         } else {
-            let mut run = || {
+            let run = || {
                 let instance = module.pre.instantiate(&mut store)?;
                 let func = instance.get_func(&mut store, index).ok_or_else(|| wasmtime::format_err!("export {export:?} missing"))?;
                 // SAFETY: the signature was checked against the contract at load (`PolicyComponentPre::new`).
