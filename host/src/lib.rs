@@ -9,6 +9,7 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod policy_test;
 pub mod pool;
 pub mod proxy;
 pub mod reload;

@@ -33,6 +33,21 @@ enum Command {
     },
     /// Serve the embedded policies/dev.toml with loopback stand-ins for the ProCare services.
     Demo,
+    /// Work with policy components.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run components against case tables (TOML) and check their verdicts.
+    Test {
+        /// Case files, e.g. components/*/cases.toml.
+        #[arg(required = true)]
+        cases: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +87,14 @@ fn main() -> ExitCode {
                     Err(e) => report(Err(e)),
                 }
             }
+            Command::Policy { command: PolicyCommand::Test { cases } } => match portcullis::policy_test::run(&cases).await {
+                Ok((_, 0)) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            },
             Command::Demo => {
                 let source = Source::embedded_dev();
                 let parsed = match config::parse(&source) {

@@ -6,6 +6,7 @@ mod support;
 mod check;
 mod clients;
 mod hostile;
+mod policy_cases;
 mod reload;
 mod routing;
 mod security_headers;

@@ -1,0 +1,286 @@
+//! `portcullis policy test CASES...`: run a policy component against a table
+//! of cases and check its verdicts, the way `opa test` checks Rego.
+//!
+//! A case file is TOML. The policy under test is either a component with
+//! settings, or a policy as a gateway config configures it (its settings,
+//! each route's overrides, and for the router the route table):
+//!
+//! ```toml
+//! component = "../../target/components/wasm32-wasip2/release/test_policy.wasm"  # or builtin:router
+//! settings = { mode = "header", name = "x-stamp", value = "v1" }
+//! # or:
+//! # config = "../../policies/dev.toml"
+//! # policy = "router"
+//!
+//! [[case]]
+//! name = "stamps the request"
+//! route = "clinical"          # optional: sets head.route and applies that route's overrides (config form)
+//! settings = { value = "v2" } # optional: per-case settings on top
+//! request = { method = "GET", authority = "api.procare.health", path = "/api/clinical/x", headers = { accept = "application/json" }, facts = { "route.name" = "clinical" } }
+//! expect = { verdict = "proceed", set_headers = { x-test-policy = "v2" }, response_headers = { x-stamp = "v2" } }
+//! ```
+//!
+//! `expect` checks only what it names: `verdict` (`proceed`/`respond`),
+//! `status`, `headers` (of a reply), `body_contains`, `set_headers`,
+//! `remove_headers`, `facts`, `response_headers`, `audit` (fields passed to
+//! `host.audit`). Host `io` calls answer as an unconfigured gateway does
+//! (no limits, no issuers). A failing case prints each field that differs.
+
+use crate::config::{self, Source};
+use crate::runtime::bindings::types;
+use crate::runtime::settings::flatten;
+use crate::runtime::{ComponentCache, PolicyModule, PolicyState, Runtime, RuntimeLimits, Services, Settings, hooks};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    component: Option<String>,
+    #[serde(default)]
+    settings: toml::Table,
+    config: Option<String>,
+    policy: Option<String>,
+    #[serde(default)]
+    case: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    route: Option<String>,
+    #[serde(default)]
+    settings: toml::Table,
+    request: Request,
+    expect: Expect,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    #[serde(default = "get")]
+    method: String,
+    #[serde(default = "https")]
+    scheme: String,
+    #[serde(default)]
+    authority: String,
+    #[serde(default = "slash")]
+    path: String,
+    query: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    facts: BTreeMap<String, String>,
+    #[serde(default = "client")]
+    client_ip: String,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+fn https() -> String {
+    "https".into()
+}
+fn slash() -> String {
+    "/".into()
+}
+fn client() -> String {
+    "203.0.113.7".into()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    verdict: Option<String>,
+    status: Option<u16>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    body_contains: Option<String>,
+    #[serde(default)]
+    set_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    remove_headers: Vec<String>,
+    #[serde(default)]
+    facts: BTreeMap<String, String>,
+    #[serde(default)]
+    response_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    audit: BTreeMap<String, String>,
+}
+
+/// Run every case file; prints a line per case and a summary. Returns (passed, failed).
+pub async fn run(files: &[std::path::PathBuf]) -> anyhow::Result<(usize, usize)> {
+    let limits = RuntimeLimits { deadline: std::time::Duration::from_millis(1000), memory_cap: 16 << 20, max_instances: 16 };
+    let cache = ComponentCache::new(std::env::var_os("PORTCULLIS_CACHE_DIR").map(Into::into).or_else(ComponentCache::default_dir));
+    let runtime = Runtime::new(&limits, cache)?;
+    let services = Arc::new(Services::new(Some(b"portcullis policy test".to_vec())));
+    let (mut passed, mut failed) = (0, 0);
+    for file in files {
+        let (p, f) = run_file(file, &runtime, &services).await?;
+        passed += p;
+        failed += f;
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok((passed, failed))
+}
+
+/// The policy under test: module, base settings, per-route overrides.
+struct UnderTest {
+    name: Arc<str>,
+    module: Arc<PolicyModuleRef>,
+    settings: BTreeMap<String, String>,
+    overrides: BTreeMap<String, Settings>,
+}
+
+enum PolicyModuleRef {
+    Owned(PolicyModule),
+    Snapshot(Arc<crate::snapshot::Snapshot>, String),
+}
+
+impl PolicyModuleRef {
+    fn get(&self) -> &PolicyModule {
+        match self {
+            PolicyModuleRef::Owned(m) => m,
+            PolicyModuleRef::Snapshot(s, name) => &s.policies[name].module,
+        }
+    }
+}
+
+async fn load(file: &Path, cf: &CaseFile, runtime: &Arc<Runtime>, services: &Arc<Services>) -> anyhow::Result<UnderTest> {
+    let base = file.parent().unwrap_or(Path::new("."));
+    match (&cf.component, &cf.config) {
+        (Some(component), None) => {
+            let bytes: Vec<u8> = if component == "builtin:router" {
+                crate::snapshot::BUILTIN_ROUTER.to_vec()
+            } else {
+                let path = base.join(component);
+                std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: component: cannot read {}: {e}", file.display(), path.display()))?
+            };
+            let module = runtime.load(component, &bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            Ok(UnderTest { name: "policy".into(), module: Arc::new(PolicyModuleRef::Owned(module)), settings: flatten(&cf.settings), overrides: BTreeMap::new() })
+        }
+        (None, Some(config_path)) => {
+            let policy = cf.policy.clone().ok_or_else(|| anyhow::anyhow!("{}: `config` needs `policy` (which policy of it to test)", file.display()))?;
+            let source = Source::read(&base.join(config_path))?;
+            config::parse(&source)?;
+            let snap = crate::snapshot::Snapshot::build(&source, runtime.clone(), services.clone(), None).await?;
+            let loaded = snap.policies.get(&policy).ok_or_else(|| anyhow::anyhow!("{}: the config has no policy {policy:?}", file.display()))?;
+            let mut settings: BTreeMap<String, String> = (*loaded.settings).clone();
+            settings.extend(flatten(&cf.settings));
+            let overrides = snap
+                .routes
+                .values()
+                .filter_map(|r| r.chain.iter().find(|l| *l.policy.name == *policy).and_then(|l| l.overrides.clone()).map(|o| (r.name.clone(), o)))
+                .collect();
+            let name = loaded.name.clone();
+            Ok(UnderTest { name, module: Arc::new(PolicyModuleRef::Snapshot(Arc::new(snap), policy)), settings, overrides })
+        }
+        _ => anyhow::bail!("{}: give exactly one of `component` or `config`", file.display()),
+    }
+}
+
+async fn run_file(file: &Path, runtime: &Arc<Runtime>, services: &Arc<Services>) -> anyhow::Result<(usize, usize)> {
+    let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let cf: CaseFile = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    if cf.case.is_empty() {
+        anyhow::bail!("{}: no [[case]]", file.display());
+    }
+    let ut = load(file, &cf, runtime, services).await?;
+    let (mut passed, mut failed) = (0, 0);
+    for case in &cf.case {
+        let mut settings = ut.settings.clone();
+        settings.extend(flatten(&case.settings));
+        let overrides = case.route.as_ref().and_then(|r| ut.overrides.get(r).cloned());
+        let head = types::RequestHead {
+            id: "policy-test".into(),
+            method: case.request.method.clone(),
+            scheme: case.request.scheme.clone(),
+            authority: case.request.authority.clone(),
+            path: case.request.path.clone(),
+            query: case.request.query.clone(),
+            headers: case.request.headers.iter().map(|(k, v)| types::Header { name: k.to_ascii_lowercase(), value: v.as_bytes().to_vec() }).collect(),
+            client_ip: case.request.client_ip.clone(),
+            listener: "policy-test".into(),
+            route: case.route.clone(),
+            facts: case.request.facts.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        let state = PolicyState::new(ut.name.clone(), "policy-test".into(), Arc::new(settings), overrides, runtime.memory_cap(), services.clone());
+        let (verdict, audit) = hooks::on_request(runtime, ut.module.get(), state, &head).await;
+        let diffs = match verdict {
+            Ok(v) => compare(&case.expect, &v, &audit),
+            Err(f) => vec![format!("the policy failed ({}): {}", f.class, f.detail)],
+        };
+        if diffs.is_empty() {
+            passed += 1;
+            println!("ok   {}: {}", file.display(), case.name);
+        } else {
+            failed += 1;
+            println!("FAIL {}: {}", file.display(), case.name);
+            for d in diffs {
+                println!("     - {d}");
+            }
+        }
+    }
+    Ok((passed, failed))
+}
+
+fn find<'a>(headers: &'a [types::Header], name: &str) -> Option<String> {
+    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(&h.value).into_owned())
+}
+
+fn check_map(diffs: &mut Vec<String>, what: &str, expected: &BTreeMap<String, String>, actual: impl Fn(&str) -> Option<String>) {
+    for (k, want) in expected {
+        match actual(k) {
+            Some(got) if got == *want => {}
+            Some(got) => diffs.push(format!("{what}.{k}: expected {want:?}, got {got:?}")),
+            None => diffs.push(format!("{what}.{k}: expected {want:?}, got nothing")),
+        }
+    }
+}
+
+fn compare(expect: &Expect, verdict: &types::Verdict, audit: &[(String, String)]) -> Vec<String> {
+    let mut diffs = Vec::new();
+    let kind = match verdict {
+        types::Verdict::Proceed(_) => "proceed",
+        types::Verdict::Respond(_) => "respond",
+    };
+    if let Some(v) = &expect.verdict
+        && v != kind
+    {
+        diffs.push(format!("verdict: expected {v:?}, got {kind:?}"));
+    }
+    match verdict {
+        types::Verdict::Respond(reply) => {
+            if let Some(s) = expect.status
+                && s != reply.status
+            {
+                diffs.push(format!("status: expected {s}, got {}", reply.status));
+            }
+            check_map(&mut diffs, "headers", &expect.headers, |k| find(&reply.headers, k));
+            if let Some(needle) = &expect.body_contains {
+                let body = String::from_utf8_lossy(&reply.body);
+                if !body.contains(needle.as_str()) {
+                    diffs.push(format!("body: expected it to contain {needle:?}, got {body:?}"));
+                }
+            }
+        }
+        types::Verdict::Proceed(edits) => {
+            if expect.status.is_some() {
+                diffs.push("status: expected a reply, the policy proceeded".into());
+            }
+            check_map(&mut diffs, "set_headers", &expect.set_headers, |k| find(&edits.set_headers, k));
+            check_map(&mut diffs, "response_headers", &expect.response_headers, |k| find(&edits.response_headers, k));
+            check_map(&mut diffs, "facts", &expect.facts, |k| edits.facts.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()));
+            for name in &expect.remove_headers {
+                if !edits.remove_headers.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+                    diffs.push(format!("remove_headers: expected {name:?} to be removed"));
+                }
+            }
+        }
+    }
+    check_map(&mut diffs, "audit", &expect.audit, |k| audit.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()));
+    diffs
+}
