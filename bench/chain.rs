@@ -16,9 +16,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 fn main() {
-    let iterations: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    // `cargo bench` appends `--bench` to the arguments: flags are not ours.
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let iterations: u32 = args.first().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     // Optional second argument: run only the policy rows whose name contains it (for profiling).
-    let only = std::env::args().nth(2);
+    let only = args.get(1).cloned();
     FILTER.set(only).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(run(iterations));

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `GET /healthz` | no | 200 while the process serves |
 //! | `GET /readyz` | no | 200 when a chain is loaded |
-//! | `GET /metrics` | no | Prometheus text: chain version, reload counts |
+//! | `GET /metrics` | no | Prometheus text: requests, policy verdicts, upstreams, reloads, chain version ([`crate::metrics`]); audit log counters |
 //! | `GET /admin/policies` | yes | loaded components: name, source, SHA-256, load time, chain version |
 //! | `POST /admin/reload` | yes | 200 with the new version, or 422 with every reason |
 //!
@@ -51,12 +51,10 @@ async fn handle(reloader: &Reloader, token: Option<&str>, req: Request<Incoming>
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => json(StatusCode::OK, serde_json::json!({"ready": true, "chain": snap.version})),
         (&Method::GET, "/metrics") => {
-            let body = format!(
-                "# TYPE portcullis_reloads_total counter\nportcullis_reloads_total{{result=\"ok\"}} {}\nportcullis_reloads_total{{result=\"rejected\"}} {}\n# TYPE portcullis_chain_info gauge\nportcullis_chain_info{{version=\"{}\"}} 1\n",
-                reloader.stats.ok.load(Ordering::Relaxed),
-                reloader.stats.failed.load(Ordering::Relaxed),
-                snap.version
-            );
+            let mut body = crate::metrics::global().render(reloader.stats.ok.load(Ordering::Relaxed), reloader.stats.failed.load(Ordering::Relaxed), &snap);
+            if let Some(stats) = reloader.gateway().audit.log_stats() {
+                body.push_str(&crate::audit::metrics(stats));
+            }
             text(StatusCode::OK, &body)
         }
         (_, p) if p.starts_with("/admin/") => {

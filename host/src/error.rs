@@ -66,6 +66,10 @@ pub enum GatewayError {
         /// The budget that ran out.
         timeout_ms: u64,
     },
+    /// A `durable` route's audit record could not be made durable; the
+    /// response is withheld (fail closed).
+    #[error("audit record not durable: {0}")]
+    AuditUnavailable(String),
     /// The upstream broke the exchange.
     #[error("upstream {target} failed: {detail}")]
     UpstreamProtocol {
@@ -88,7 +92,7 @@ impl GatewayError {
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             GatewayError::UnknownRoute(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            GatewayError::NoHealthyTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::NoHealthyTarget { .. } | GatewayError::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamConnect { .. } | GatewayError::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -99,7 +103,7 @@ impl GatewayError {
         match self {
             GatewayError::HeadTooLarge { .. } | GatewayError::BodyTooLarge { .. } | GatewayError::BadRequest(_) => Fault::Downstream,
             GatewayError::Policy(_) => Fault::Policy,
-            GatewayError::UnknownRoute(_) | GatewayError::NoHealthyTarget { .. } => Fault::Internal,
+            GatewayError::UnknownRoute(_) | GatewayError::NoHealthyTarget { .. } | GatewayError::AuditUnavailable(_) => Fault::Internal,
             GatewayError::UpstreamConnect { .. } | GatewayError::UpstreamTimeout { .. } | GatewayError::UpstreamProtocol { .. } => Fault::Upstream,
         }
     }
@@ -118,6 +122,7 @@ impl GatewayError {
             GatewayError::Policy(f) => format!("policy-{}", f.class),
             GatewayError::UnknownRoute(_) => "unknown-route".into(),
             GatewayError::NoHealthyTarget { .. } => "no-healthy-upstream".into(),
+            GatewayError::AuditUnavailable(_) => "audit-unavailable".into(),
             GatewayError::UpstreamConnect { .. } => "upstream-unreachable".into(),
             GatewayError::UpstreamTimeout { .. } => "upstream-timeout".into(),
             GatewayError::UpstreamProtocol { .. } => "upstream-error".into(),
@@ -142,6 +147,7 @@ impl GatewayError {
             }
             GatewayError::UnknownRoute(_) => "The gateway's routing is misconfigured.".into(),
             GatewayError::NoHealthyTarget { .. } => "No healthy upstream is available for this route.".into(),
+            GatewayError::AuditUnavailable(_) => "The audit record of this request could not be written; the answer was withheld.".into(),
             GatewayError::UpstreamConnect { .. } => "The upstream service could not be reached.".into(),
             GatewayError::UpstreamTimeout { .. } => "The upstream service did not answer in time.".into(),
             GatewayError::UpstreamProtocol { .. } => "The upstream service failed to answer.".into(),

@@ -9,6 +9,8 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod jwks;
+pub mod metrics;
 pub mod policy_test;
 pub mod pool;
 pub mod proxy;

@@ -38,6 +38,45 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Check, prove and export the audit log (the `[audit]` evidence log).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check a log (every chain link, Merkle root and checkpoint signature), or a proof offline.
+    Verify {
+        /// The log directory (`[audit] dir`).
+        #[arg(long, conflicts_with = "proof")]
+        dir: Option<PathBuf>,
+        /// A proof printed by `audit prove`.
+        #[arg(long)]
+        proof: Option<PathBuf>,
+        /// Ed25519 public key(s) that may sign checkpoints (PEM); default: DIR/keys/*.pub.
+        #[arg(long = "pubkey")]
+        pubkeys: Vec<PathBuf>,
+    },
+    /// Print an inclusion proof of record SEQ (or a consistency proof) against the newest checkpoint.
+    Prove {
+        /// The log directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The record's seq.
+        #[arg(long, conflicts_with = "from_size")]
+        seq: Option<u64>,
+        /// Instead: prove the checkpoint of this tree size is a prefix of the newest.
+        #[arg(long)]
+        from_size: Option<u64>,
+    },
+    /// Upload sealed segments and checkpoints to S3-compatible storage (`[audit.export]`), once.
+    Export {
+        /// The gateway configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -94,6 +133,11 @@ fn main() -> ExitCode {
                     eprintln!("{e:#}");
                     ExitCode::FAILURE
                 }
+            },
+            Command::Audit { command } => match command {
+                AuditCommand::Verify { dir, proof, pubkeys } => portcullis::audit::cli::verify(dir.as_deref(), proof.as_deref(), &pubkeys),
+                AuditCommand::Prove { dir, seq, from_size } => portcullis::audit::cli::prove(&dir, seq, from_size),
+                AuditCommand::Export { config } => portcullis::audit::cli::export(&config).await,
             },
             Command::Demo => {
                 let source = Source::embedded_dev();

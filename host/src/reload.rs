@@ -64,13 +64,14 @@ pub struct Reloader {
     lock: tokio::sync::Mutex<HashMap<String, Running>>,
     /// Outcome counters.
     pub stats: ReloadStats,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Reloader {
     /// A reloader for `gateway`, whose configuration is read from `config_path`
     /// (`None`: the embedded demo configuration, which never changes).
     pub fn new(gateway: Arc<Gateway>, config_path: Option<PathBuf>) -> Arc<Reloader> {
-        Arc::new(Reloader { gateway, config_path, lock: tokio::sync::Mutex::new(HashMap::new()), stats: ReloadStats::default() })
+        Arc::new(Reloader { gateway, config_path, lock: tokio::sync::Mutex::new(HashMap::new()), stats: ReloadStats::default(), stop: tokio::sync::watch::channel(false).0 })
     }
 
     /// The gateway this reloader swaps snapshots of.
@@ -101,10 +102,25 @@ impl Reloader {
         for (spec, listener) in listen::bind(&new).await? {
             let addr = listener.local_addr()?;
             println!("listening {} {addr}", spec.name);
-            let task = tokio::spawn(listen::serve(self.gateway.clone(), spec.clone(), listener));
+            let task = tokio::spawn(listen::serve(self.gateway.clone(), spec.clone(), listener, self.stop.subscribe()));
             running.insert(spec.name.clone(), Running { spec, task });
         }
         Ok(())
+    }
+
+    /// Graceful shutdown: stop accepting on every listener, let open
+    /// connections finish their requests, and return when they have (true)
+    /// or when `grace` runs out (false). No reload runs meanwhile.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        let mut running = self.lock.lock().await;
+        let _ = self.stop.send(true);
+        let tasks: Vec<JoinHandle<()>> = running.drain().map(|(_, r)| r.task).collect();
+        let all = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        tokio::time::timeout(grace, all).await.is_ok()
     }
 
     /// Reload from the configuration file. On error the old chain keeps serving.
@@ -133,6 +149,11 @@ impl Reloader {
         };
         let old = self.gateway.snapshot.load_full();
         let source = Source::read(path).map_err(|e| e.to_string())?;
+        // JWKS sources are host state outside the snapshot: load the new set
+        // first (URL issuers whose entry is unchanged keep their keys), and
+        // put it in place only if the whole reload succeeds.
+        let parsed = crate::config::parse(&source).map_err(|e| e.to_string())?;
+        let jwks = crate::jwks::JwksCache::load(&source, &parsed.jwks, Some(&old.services.jwks_cache())).map_err(|e| e.to_string())?;
         let snap = Snapshot::build(&source, old.runtime.clone(), old.services.clone(), Some(&old)).await.map_err(|e| e.to_string())?;
         smoke(&snap).await?;
         if snap.runtime_config != old.runtime_config {
@@ -145,6 +166,7 @@ impl Reloader {
         snap.start();
         let version = snap.version.clone();
         self.gateway.snapshot.store(Arc::new(snap));
+        old.services.set_jwks(jwks);
         Ok(Reloaded { version, previous: old.version.clone(), duration_ms: started.elapsed().as_secs_f64() * 1e3 })
     }
 

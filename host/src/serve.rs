@@ -1,7 +1,6 @@
 //! Start-up: configuration → runtime → snapshot → listeners. Used by
 //! `portcullis serve`, `check` and `demo`.
 
-use crate::audit::AuditSink;
 use crate::config::{self, ConfigErrors, Source};
 use crate::admin;
 use crate::proxy::Gateway;
@@ -42,7 +41,8 @@ pub async fn load(source: &Source) -> Result<Snapshot, StartError> {
         }
         None => None,
     };
-    Ok(Snapshot::build(source, runtime, Arc::new(Services::new(key)), None).await?)
+    let jwks = crate::jwks::JwksCache::load(source, &config.jwks, None)?;
+    Ok(Snapshot::build(source, runtime, Arc::new(Services::new(key).with_jwks(jwks)), None).await?)
 }
 
 /// Serve until SIGINT or SIGTERM. Prints one `listening <name> <addr>` line
@@ -50,10 +50,7 @@ pub async fn load(source: &Source) -> Result<Snapshot, StartError> {
 /// `reloadable`: the configuration is a file that reloads may re-read.
 pub async fn serve(source: &Source, reloadable: bool) -> Result<(), StartError> {
     let snapshot = load(source).await?;
-    let audit = match &snapshot.audit_log {
-        Some(path) => AuditSink::open(path.clone()).await.map_err(|e| anyhow::anyhow!("audit log {}: {e}", path.display()))?,
-        None => AuditSink::disabled(),
-    };
+    let audit = crate::audit::open_configured(source, snapshot.audit_log.clone()).await?;
     let admin = snapshot.admin.clone();
     let admin_token = match admin.as_ref().and_then(|a| a.token_file.as_deref()) {
         Some(file) => {
@@ -76,7 +73,20 @@ pub async fn serve(source: &Source, reloadable: bool) -> Result<(), StartError> 
     reloader.spawn_sighup();
     reloader.spawn_watcher();
     shutdown_signal().await;
-    tracing::info!("shutting down");
+    // Graceful: stop accepting, let requests in flight finish (a rolling
+    // deploy loses none), then let their completion records reach the log.
+    let grace = gateway.snapshot.load().shutdown_grace;
+    tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: no new connections; finishing requests in flight");
+    if reloader.shutdown(grace).await {
+        tracing::info!("all connections finished");
+    } else {
+        tracing::warn!("grace period over with connections still open; exiting anyway");
+    }
+    // Seal the audit log with a signed checkpoint (and fsync) before exiting;
+    // completion records of the last requests are spawned as their bodies
+    // end, so give them a moment to be queued.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gateway.audit.close().await;
     Ok(())
 }
 

@@ -55,6 +55,8 @@ pub struct RouteEntry {
     pub body_limit: u64,
     /// Whether `Upgrade` requests pass.
     pub websocket: bool,
+    /// When its audit record must be on disk (`durable` / `async`).
+    pub audit: crate::audit::Durability,
 }
 
 /// One listener to bind.
@@ -102,6 +104,8 @@ pub struct Snapshot {
     pub watch_paths: Vec<std::path::PathBuf>,
     /// Whether to watch them.
     pub watch: bool,
+    /// Grace period for open connections at shutdown.
+    pub shutdown_grace: std::time::Duration,
     /// When this snapshot was built.
     pub loaded_at: std::time::SystemTime,
 }
@@ -175,6 +179,7 @@ impl Snapshot {
                     pools: r.pools.iter().map(|p| p.get_ref().clone()).collect(),
                     body_limit: r.body_limit.unwrap_or(config.gateway.max_request_body).0,
                     websocket: r.websocket,
+                    audit: r.audit.or(config.audit.as_ref().map(|a| a.mode)).unwrap_or_default(),
                 },
             );
         }
@@ -221,6 +226,7 @@ impl Snapshot {
                 .chain(config.policies.values().filter(|d| !d.component.get_ref().starts_with("builtin:")).map(|d| source.resolve(d.component.get_ref())))
                 .collect(),
             watch: config.gateway.watch,
+            shutdown_grace: std::time::Duration::from_millis(config.gateway.shutdown_grace_ms),
             loaded_at: std::time::SystemTime::now(),
         })
     }

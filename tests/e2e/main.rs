@@ -3,12 +3,16 @@
 
 mod support;
 
+mod audit;
 mod check;
 mod clients;
 mod hostile;
 mod policy_cases;
+mod jwt;
+mod metrics;
 mod reload;
 mod routing;
 mod security_headers;
+mod shutdown;
 mod streaming;
 mod upstreams;

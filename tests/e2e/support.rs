@@ -245,10 +245,19 @@ impl Gateway {
         status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap()
     }
 
-    /// The audit log's records (the config must set `audit_log = "audit.jsonl"`).
+    /// The audit log's records: `audit.jsonl` (`gateway.audit_log =
+    /// "audit.jsonl"`), or every line of the segments of an evidence log in
+    /// `audit/` (`[audit] dir = "audit"`), checkpoints and events included.
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default();
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        let segments = self.dir.path().join("audit");
+        let text = if segments.is_dir() {
+            let mut names: Vec<_> = std::fs::read_dir(&segments).unwrap().filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "jsonl")).collect();
+            names.sort();
+            names.iter().map(|p| std::fs::read_to_string(p).unwrap_or_default()).collect::<String>()
+        } else {
+            std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default()
+        };
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
     /// Where the config lives.

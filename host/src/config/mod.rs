@@ -180,6 +180,12 @@ pub struct Config {
     /// Routes, matched by the router policy.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// JWKS sources per token issuer, for `io.jwks` (see `crate::jwks`).
+    #[serde(default)]
+    pub jwks: Vec<crate::jwks::JwksConfig>,
+    /// The evidence log (see `crate::audit`); `gateway.audit_log` is the plain alternative.
+    #[serde(default)]
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 /// `[gateway]`
@@ -202,6 +208,8 @@ pub struct Gateway {
     pub pseudonym_key_file: Option<String>,
     /// Reload when the config file or a component file changes (debounced).
     pub watch: bool,
+    /// On SIGTERM/SIGINT: how long open connections may take to finish.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for Gateway {
@@ -215,6 +223,7 @@ impl Default for Gateway {
             max_request_body: ByteSize(16 * 1024 * 1024),
             pseudonym_key_file: None,
             watch: true,
+            shutdown_grace_ms: 30_000,
         }
     }
 }
@@ -437,4 +446,7 @@ pub struct Route {
     /// Per-policy settings overriding the policy's own for this route.
     #[serde(default)]
     pub settings: BTreeMap<String, toml::Table>,
+    /// `"durable"` or `"async"`: when this route's audit record must be on disk (default `[audit] mode`).
+    #[serde(default)]
+    pub audit: Option<crate::audit::Durability>,
 }

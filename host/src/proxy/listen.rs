@@ -89,14 +89,23 @@ pub async fn bind(specs: &[ListenerSpec]) -> std::io::Result<Vec<(ListenerSpec, 
 }
 
 /// Accept connections on `listener` forever.
-pub async fn serve(gateway: Arc<Gateway>, spec: ListenerSpec, listener: TcpListener) {
+///
+/// When `stop` turns true the listener closes its socket, tells every open
+/// connection to finish (HTTP/1: close after the response in flight; HTTP/2:
+/// GOAWAY) and returns once they have all ended.
+pub async fn serve(gateway: Arc<Gateway>, spec: ListenerSpec, listener: TcpListener, mut stop: tokio::sync::watch::Receiver<bool>) {
     let name: Arc<str> = spec.name.as_str().into();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(spec.header_timeout).keep_alive(true).max_buf_size(gateway.max_head_buf());
     builder.http2().timer(TokioTimer::new()).max_header_list_size(gateway.max_head_buf() as u32);
     let builder = Arc::new(builder);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => break,
+        };
+        let (stream, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
@@ -108,6 +117,7 @@ pub async fn serve(gateway: Arc<Gateway>, spec: ListenerSpec, listener: TcpListe
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
         let builder = builder.clone();
+        let watcher = graceful.watcher();
         let name = name.clone();
         let proxy_protocol = spec.proxy_protocol;
         tokio::spawn(async move {
@@ -138,9 +148,12 @@ pub async fn serve(gateway: Arc<Gateway>, spec: ListenerSpec, listener: TcpListe
                 let info = info.clone();
                 async move { Ok::<_, std::convert::Infallible>(super::handle(gateway, info, req).await) }
             });
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
+            if let Err(e) = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
         });
     }
+    drop(listener);
+    tracing::info!(listener = %name, open = graceful.count(), "listener closed; finishing open connections");
+    graceful.shutdown().await;
 }

@@ -12,7 +12,7 @@ pub mod listen;
 pub mod respond;
 pub mod route;
 
-use crate::audit::{AuditSink, Record, rfc3339};
+use crate::audit::{AuditSink, Durability, Record, rfc3339};
 use crate::body::{BodyStats, Counted, Ending, Finish, ProxyBody};
 use crate::error::GatewayError;
 use crate::pool::Lease;
@@ -48,6 +48,13 @@ const X_REQUEST_ID: &str = "x-request-id";
 
 /// Handle one request through every stage. Never fails: errors become answers.
 pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+    let in_flight = crate::metrics::InFlight::start();
+    let response = handle_request(gw, conn, req).await;
+    in_flight.hand_over(); // `complete` counts it out when the body has ended
+    response
+}
+
+async fn handle_request(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
     let snap = gw.snapshot.load_full();
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
@@ -220,6 +227,27 @@ async fn finish(
 
     record.status = response.status().as_u16();
     record.source = source;
+    // A durable route's decision is on disk (fsynced, group commit) before
+    // its head is released; the completion record follows the body's end.
+    let durability = route.map_or_else(|| gw.audit.default_durability(), |r| r.audit);
+    if durability == Durability::Durable && gw.audit.is_evidence_log() {
+        let mut decision = record.clone();
+        decision.phase = Some("decision".into());
+        decision.outcome = "pending".into();
+        decision.verdicts = with_skipped(snap, route, &run.verdicts);
+        decision.policies = run.audit.clone();
+        record.phase = Some("complete".into());
+        if let Err(why) = gw.audit.write_durable(decision).await {
+            // Fail closed: what could not be recorded is not released.
+            let err = GatewayError::AuditUnavailable(why);
+            tracing::error!(request_id = %record.id, "{err}");
+            response = respond::problem(&err, &record.id);
+            response.headers_mut().insert(X_REQUEST_ID, HeaderValue::from_str(&record.id).expect("validated or generated id"));
+            record.status = response.status().as_u16();
+            record.source = "gateway".into();
+            record.error = Some(err.slug());
+        }
+    }
     let (parts, body) = response.into_parts();
     let out_stats = Arc::new(BodyStats::default());
     let counted = Counted::new(body, None, out_stats.clone());
@@ -257,14 +285,8 @@ async fn complete(gw: &Gateway, snap: &Arc<Snapshot>, mut run: ChainRun, route_n
     }
     .into();
     let route = route_name.as_ref().and_then(|n| snap.routes.get(n));
-    let links: Vec<LinkRef> = std::iter::once(LinkRef::Router).chain((0..route.map_or(0, |r| r.chain.len())).map(LinkRef::Chain)).collect();
-    let mut verdicts = run.verdicts.clone();
-    for which in &links {
-        let name = which.get(snap, route).policy.name.to_string();
-        if !verdicts.iter().any(|(n, _)| *n == name) {
-            verdicts.push((name, "skipped".into()));
-        }
-    }
+    let links = links(route);
+    let verdicts = with_skipped(snap, route, &run.verdicts);
     let done = types::Completion {
         status: record.status,
         bytes_in,
@@ -289,9 +311,29 @@ async fn complete(gw: &Gateway, snap: &Arc<Snapshot>, mut run: ChainRun, route_n
             run.add_audit(&link.policy.name, vec![("on-complete".into(), format!("failed:{}", f.class))]);
         }
     }
+    let metrics = crate::metrics::global();
+    metrics.request_done(record.route.as_deref(), &record.method, record.status, duration_us, &record.outcome, record.error.as_deref(), &verdicts);
+    metrics.in_flight.dec();
     record.verdicts = verdicts;
     record.policies = run.audit;
     gw.audit.write(record);
+}
+
+/// The router, then the route's chain.
+fn links(route: Option<&crate::snapshot::RouteEntry>) -> Vec<LinkRef> {
+    std::iter::once(LinkRef::Router).chain((0..route.map_or(0, |r| r.chain.len())).map(LinkRef::Chain)).collect()
+}
+
+/// Every policy's verdict, in chain order; `skipped` for those that did not run.
+fn with_skipped(snap: &Snapshot, route: Option<&crate::snapshot::RouteEntry>, ran: &[(String, String)]) -> Vec<(String, String)> {
+    let mut verdicts = ran.to_vec();
+    for which in links(route) {
+        let name = which.get(snap, route).policy.name.to_string();
+        if !verdicts.iter().any(|(n, _)| *n == name) {
+            verdicts.push((name, "skipped".into()));
+        }
+    }
+    verdicts
 }
 
 /// Copy bytes both ways between an upgraded client and upstream connection.

@@ -1,14 +1,18 @@
-//! Host-side state that outlives policy instances: the pseudonym key, and
-//! the hooks where rate limits and JWKS caches plug in. Policies reach it
+//! Host-side state that outlives policy instances: the pseudonym key, the
+//! JWKS cache, and the hook where rate limits plug in. Policies reach it
 //! only through the contract's `host` and `io` interfaces.
 
 use super::bindings::portcullis::gateway::types;
+use crate::jwks::{JwksCache, JwksLookupError};
 use hmac::{Hmac, KeyInit, Mac};
+use std::sync::Arc;
 use sha2::Sha256;
 
 /// State shared by every policy instance of the process.
 pub struct Services {
     pseudonym_key: Vec<u8>,
+    /// Key sets per issuer (`[[jwks]]`); swapped whole on reload.
+    jwks: arc_swap::ArcSwap<JwksCache>,
 }
 
 impl Services {
@@ -20,7 +24,23 @@ impl Services {
             k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
             k
         });
-        Services { pseudonym_key: key }
+        Services { pseudonym_key: key, jwks: arc_swap::ArcSwap::from_pointee(JwksCache::empty()) }
+    }
+
+    /// These services with the `[[jwks]]` key sets.
+    pub fn with_jwks(self, jwks: JwksCache) -> Services {
+        self.jwks.store(Arc::new(jwks));
+        self
+    }
+
+    /// The JWKS cache in use (to carry unchanged issuers over a reload).
+    pub fn jwks_cache(&self) -> Arc<JwksCache> {
+        self.jwks.load_full()
+    }
+
+    /// Replace the JWKS cache (on reload; lookups in flight finish on the old one).
+    pub fn set_jwks(&self, jwks: JwksCache) {
+        self.jwks.store(Arc::new(jwks));
     }
 
     /// HMAC-SHA-256(key, domain || 0 || value), hex.
@@ -38,9 +58,13 @@ impl Services {
         Err(types::RateError::UnknownLimit(limit.to_string()))
     }
 
-    /// JWKS lookup. No issuer is configured in this build of the gateway core.
+    /// JWKS lookup: `issuer`, or `issuer#kid=<kid>` (see `crate::jwks`).
     pub async fn jwks(&self, issuer: &str) -> Result<String, types::JwksError> {
-        Err(types::JwksError::UnknownIssuer(issuer.to_string()))
+        let cache = self.jwks.load_full();
+        cache.get(issuer).await.map_err(|e| match e {
+            JwksLookupError::UnknownIssuer(i) => types::JwksError::UnknownIssuer(i),
+            JwksLookupError::Unavailable(why) => types::JwksError::Unavailable(why),
+        })
     }
 }
 
