@@ -110,6 +110,8 @@ async fn run(iterations: u32) {
     let path = dir.join("bench.toml");
     std::fs::write(&path, config_text()).unwrap();
     let source = Source::read(&path).unwrap();
+    // The config is read; the directory is not needed past this point.
+    let _ = std::fs::remove_dir_all(&dir);
     config::validate(&source, &config::parse(&source).unwrap()).unwrap();
     let snap = Arc::new(portcullis::serve::load(&source).await.unwrap_or_else(|e| panic!("{e}")));
     let route = &snap.routes["clinical"];
