@@ -187,12 +187,20 @@ impl Reloader {
             return;
         }
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+        // File names we care about, checked on notify's own thread, so that
+        // other files in the same directories (the audit log, written on
+        // every request) never wake the request runtime.
+        let names = Arc::new(std::sync::Mutex::new(file_names(&self.gateway.snapshot.load().watch_paths)));
+        let names_in_callback = names.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if let Ok(e) = event
                 && !matches!(e.kind, notify::EventKind::Access(_))
             {
+                let wanted = names_in_callback.lock().unwrap_or_else(|p| p.into_inner());
                 for p in e.paths {
-                    let _ = tx.send(p);
+                    if p.file_name().is_some_and(|n| wanted.iter().any(|w| w == n)) {
+                        let _ = tx.send(p);
+                    }
                 }
             }
         });
@@ -209,6 +217,7 @@ impl Reloader {
         tokio::spawn(async move {
             loop {
                 let files = this.gateway.snapshot.load().watch_paths.clone();
+                *names.lock().unwrap_or_else(|p| p.into_inner()) = file_names(&files);
                 watched = watch_dirs(&mut watcher, &watched, &files);
                 // Wait for an event about one of our files, then for quiet.
                 let relevant = |p: &PathBuf| files.iter().any(|f| same_file_name(f, p));
@@ -257,6 +266,10 @@ fn watch_dirs(watcher: &mut notify::RecommendedWatcher, watched: &[PathBuf], fil
         }
     }
     dirs
+}
+
+fn file_names(files: &[PathBuf]) -> Vec<std::ffi::OsString> {
+    files.iter().filter_map(|f| f.file_name().map(|n| n.to_os_string())).collect()
 }
 
 fn same_file_name(watched: &std::path::Path, event: &std::path::Path) -> bool {
