@@ -7,7 +7,7 @@ fn check(config: &str) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["check", "--config"]).arg(&path).env("PORTCULLIS_CACHE_DIR", cache_dir()).output().unwrap();
+    let out = run_check(&path);
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -76,7 +76,7 @@ fn a_good_config_checks_ok_and_serve_refuses_a_bad_one() {
 fn the_embedded_dev_config_and_the_examples_check_ok() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     for file in ["policies/dev.toml", "policies/gateway.toml"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["check", "--config"]).arg(root.join(file)).env("PORTCULLIS_CACHE_DIR", cache_dir()).output().unwrap();
+        let out = run_check(&root.join(file));
         assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }

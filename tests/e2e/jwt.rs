@@ -544,7 +544,7 @@ chain = ["jwt"]
     );
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, &config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["check", "--config"]).arg(&path).env("PORTCULLIS_CACHE_DIR", cache_dir()).output().unwrap();
+    let out = run_check(&path);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("bad.toml:16:15: jwks[0].secret_file:") && err.contains("16 bytes; at least 32 are required"), "{err}");
@@ -554,7 +554,7 @@ chain = ["jwt"]
     std::fs::write(dir.path().join("short.key"), b"0123456789abcdef0123456789abcdef").unwrap();
     let fixed = config.replace("url = \"https://idp.example/certs\"", "url = \"http://127.0.0.1:9/certs\"");
     std::fs::write(&path, &fixed).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["check", "--config"]).arg(&path).env("PORTCULLIS_CACHE_DIR", cache_dir()).output().unwrap();
+    let out = run_check(&path);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("policies.jwt: check-config refused the settings: setting \"issuers.a.algorithms\": \"none\" (unsigned tokens) is never accepted"), "{err}");
@@ -562,11 +562,11 @@ chain = ["jwt"]
     let hs = hs.replace("issuer = \"b\"", "issuer = \"short\"");
     std::fs::write(dir.path().join("short.key"), b"0123456789abcdef0123456789abcdef").unwrap();
     std::fs::write(&path, &hs).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["check", "--config"]).arg(&path).env("PORTCULLIS_CACHE_DIR", cache_dir()).output().unwrap();
+    let out = run_check(&path);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let missing = hs.replace("jwks = \"short\"", "jwks = \"nobody\"");
     std::fs::write(&path, &missing).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["check", "--config"]).arg(&path).env("PORTCULLIS_CACHE_DIR", cache_dir()).output().unwrap();
+    let out = run_check(&path);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("setting \"issuers.a.jwks\": the gateway has no [[jwks]] entry for \"nobody\""), "{err}");
 }

@@ -308,7 +308,7 @@ fn check(config: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cors.toml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["check", "--config"]).arg(&path).env("PORTCULLIS_CACHE_DIR", cache_dir()).output().unwrap();
+    let out = run_check(&path);
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

@@ -266,6 +266,11 @@ impl Gateway {
     }
 }
 
+/// Run `portcullis check --config PATH` with the shared component cache.
+pub fn run_check(path: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["check", "--config"]).arg(path).env("PORTCULLIS_CACHE_DIR", cache_dir()).output().unwrap()
+}
+
 /// The head of every test config: one listener on port 0, an audit log, the router.
 pub fn config_head() -> String {
     r#"

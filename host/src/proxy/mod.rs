@@ -390,7 +390,9 @@ fn client_ip(snap: &Snapshot, conn: &ConnInfo, headers: &http::HeaderMap) -> (st
 }
 
 fn head_size(parts: &http::request::Parts) -> u64 {
-    let line = parts.method.as_str().len() + parts.uri.to_string().len() + 12;
+    // Measured without rendering the URI: this runs on every request.
+    let target = parts.uri.authority().map_or(0, |a| a.as_str().len()) + parts.uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = parts.method.as_str().len() + target + 12;
     let headers: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
     (line + headers) as u64
 }

@@ -269,8 +269,7 @@ impl Runtime {
 }
 
 fn is_capacity(e: &wasmtime::Error) -> bool {
-    let text = format!("{e:#}");
-    text.contains("maximum concurrent") || text.contains("pooling allocator")
+    e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some()
 }
 
 /// A compiled policy component, ready to instantiate.
