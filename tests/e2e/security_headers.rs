@@ -301,7 +301,9 @@ async fn plain_http_is_redirected_to_https_when_configured() {
     // Routes without the override are not redirected.
     assert_eq!(get(&gw.url("/api/x"), &[]).await.status, 200);
     assert!(eventually(Duration::from_secs(5), || gw.audit_records().len() >= 3).await);
-    assert_eq!(gw.audit_records()[0]["policies"]["security-headers"]["redirect"], "https");
+    let records = gw.audit_records();
+    let redirected = records.iter().find(|r| r["status"] == 308).expect("a record for the redirect");
+    assert_eq!(redirected["policies"]["security-headers"]["redirect"], "https");
 }
 
 fn check(config: &str) -> (bool, String) {
