@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Guests to build, by crate name.
-const GUESTS: &[&str] = &["router", "test-policy", "security-headers"];
+const GUESTS: &[&str] = &["router", "test-policy", "security-headers", "rate-limit"];
 /// Guests that link std (built in a cargo run of their own, see `main`).
 const STD_GUESTS: &[&str] = &["jwt-auth"];
 

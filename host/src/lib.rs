@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod policy_test;
 pub mod pool;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod runtime;
 pub mod serve;

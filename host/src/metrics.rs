@@ -13,6 +13,10 @@
 //! | `portcullis_upstream_in_flight` | gauge | `pool`, `target` | requests at each upstream target, read at scrape time |
 //! | `portcullis_reloads_total` | counter | `result` (`ok`, `rejected`) | reloads, read from the reloader at scrape time |
 //! | `portcullis_chain_info` | gauge | `version` | 1 for the chain serving now |
+//! | `portcullis_rate_limit_decisions_total` | counter | `limit`, `source`, `outcome` | each `rate-acquire`: source `local`, `shared`, `local-fallback`; outcome `allowed`, `limited`, `unavailable` |
+//! | `portcullis_rate_limit_redis_errors_total` | counter | | shared-limit calls Redis did not answer (error or timeout) |
+//! | `portcullis_rate_limit_redis_up` | gauge | | 1 when the last shared-limit call reached Redis, 0 when not (absent without `[shared_limits]`), read at scrape time |
+//! | `portcullis_rate_limit_keys` | gauge | `limit` | keys held by each limit's local store, read at scrape time |
 //!
 //! The audit log's own counters (`portcullis_audit_*`: records written,
 //! fsynced, dropped) are appended by the admin listener from `crate::audit`.
@@ -46,6 +50,12 @@ pub struct Metrics {
     upstream_in_flight: IntGaugeVec,
     reloads: IntCounterVec,
     chain_info: IntGaugeVec,
+    /// `portcullis_rate_limit_decisions_total{limit,source,outcome}`.
+    pub rate_limit_decisions: IntCounterVec,
+    /// `portcullis_rate_limit_redis_errors_total`.
+    pub rate_limit_redis_errors: prometheus::IntCounter,
+    rate_limit_redis_up: IntGaugeVec,
+    rate_limit_keys: IntGaugeVec,
     /// Serialises scrapes (the scrape-time metrics are reset and refilled).
     scrape: Mutex<()>,
 }
@@ -77,7 +87,18 @@ impl Metrics {
         registry.register(Box::new(upstream_in_flight.clone())).expect("registered once");
         let chain_info = IntGaugeVec::new(Opts::new("portcullis_chain_info", "The version of the chain serving now (value 1)."), &["version"]).expect("valid metric");
         registry.register(Box::new(chain_info.clone())).expect("registered once");
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let rate_limit_redis_errors = prometheus::IntCounter::new("portcullis_rate_limit_redis_errors_total", "Shared-limit calls Redis did not answer (error or timeout).").expect("valid metric");
+        registry.register(Box::new(rate_limit_redis_errors.clone())).expect("registered once");
         Metrics {
+            rate_limit_decisions: counter("portcullis_rate_limit_decisions_total", "Rate acquisitions by limit, source (local, shared, local-fallback) and outcome (allowed, limited, unavailable).", &["limit", "source", "outcome"]),
+            rate_limit_redis_errors,
+            rate_limit_redis_up: gauge("portcullis_rate_limit_redis_up", "1 when the last shared-limit call reached Redis, else 0.", &[]),
+            rate_limit_keys: gauge("portcullis_rate_limit_keys", "Keys held by each limit's local store.", &["limit"]),
             outcomes: counter("portcullis_request_outcomes_total", "Requests by how their response ended: ok, client-abort, upstream-error.", &["outcome"]),
             gateway_errors: counter("portcullis_gateway_errors_total", "Answers the gateway itself gave, by problem type.", &["error"]),
             verdicts: counter("portcullis_policy_verdicts_total", "Each policy's verdict per request: proceed, respond:<status>, failed:<class>, skipped.", &["policy", "verdict"]),
@@ -125,6 +146,15 @@ impl Metrics {
             for target in &pool.targets {
                 self.upstream_in_flight.with_label_values(&[pool.name.as_str(), target.address.as_str()]).set(i64::from(target.in_flight()));
             }
+        }
+        let limits = snapshot.services.limits();
+        self.rate_limit_redis_up.reset();
+        if let Some(up) = limits.redis_up() {
+            self.rate_limit_redis_up.with_label_values(&[] as &[&str]).set(i64::from(up));
+        }
+        self.rate_limit_keys.reset();
+        for limit in limits.iter() {
+            self.rate_limit_keys.with_label_values(&[limit.name.as_str()]).set(limit.keys() as i64);
         }
         let mut out = Vec::with_capacity(8 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

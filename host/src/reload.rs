@@ -149,12 +149,14 @@ impl Reloader {
         };
         let old = self.gateway.snapshot.load_full();
         let source = Source::read(path).map_err(|e| e.to_string())?;
-        // JWKS sources are host state outside the snapshot: load the new set
-        // first (URL issuers whose entry is unchanged keep their keys), and
-        // put it in place only if the whole reload succeeds.
+        // Host state for the new snapshot: URL issuers whose entry is
+        // unchanged keep their keys, limits whose definition is unchanged
+        // keep their counts; it serves only if the whole reload succeeds.
         let parsed = crate::config::parse(&source).map_err(|e| e.to_string())?;
         let jwks = crate::jwks::JwksCache::load(&source, &parsed.jwks, Some(&old.services.jwks_cache())).map_err(|e| e.to_string())?;
-        let snap = Snapshot::build(&source, old.runtime.clone(), old.services.clone(), Some(&old)).await.map_err(|e| e.to_string())?;
+        let limits = crate::ratelimit::Limits::build(&parsed, Some(old.services.limits())).map_err(|e| e.to_string())?;
+        let services = Arc::new(old.services.successor(jwks, limits));
+        let snap = Snapshot::build(&source, old.runtime.clone(), services, Some(&old)).await.map_err(|e| e.to_string())?;
         smoke(&snap).await?;
         if snap.runtime_config != old.runtime_config {
             tracing::warn!("[runtime] changed: its limits apply at the next restart");
@@ -166,7 +168,6 @@ impl Reloader {
         snap.start();
         let version = snap.version.clone();
         self.gateway.snapshot.store(Arc::new(snap));
-        old.services.set_jwks(jwks);
         Ok(Reloaded { version, previous: old.version.clone(), duration_ms: started.elapsed().as_secs_f64() * 1e3 })
     }
 

@@ -42,7 +42,8 @@ pub async fn load(source: &Source) -> Result<Snapshot, StartError> {
         None => None,
     };
     let jwks = crate::jwks::JwksCache::load(source, &config.jwks, None)?;
-    Ok(Snapshot::build(source, runtime, Arc::new(Services::new(key).with_jwks(jwks)), None).await?)
+    let limits = crate::ratelimit::Limits::build(&config, None)?;
+    Ok(Snapshot::build(source, runtime, Arc::new(Services::new(key).with_jwks(jwks).with_limits(limits)), None).await?)
 }
 
 /// Serve until SIGINT or SIGTERM. Prints one `listening <name> <addr>` line

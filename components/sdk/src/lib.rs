@@ -60,7 +60,7 @@ pub type Hooks = HookSet;
 /// What the host offers, answered from memory (`host` interface).
 pub mod host {
     pub use crate::bindings::portcullis::gateway::host::{
-        audit, log, now_ms, pseudonym, setting, settings,
+        audit, limit_policy, log, now_ms, pseudonym, setting, settings,
     };
 }
 
@@ -69,7 +69,7 @@ pub mod io {
     pub use crate::bindings::portcullis::gateway::io::{jwks, rate_acquire};
 }
 
-pub use host::{audit, log, now_ms, pseudonym, setting, settings};
+pub use host::{audit, limit_policy, log, now_ms, pseudonym, setting, settings};
 pub use io::{jwks, rate_acquire};
 
 /// A policy. Only [`Policy::on_request`] is required; the host calls

@@ -7,7 +7,7 @@
 //! key path and reason; all of them are reported at once.
 
 mod size;
-mod validate;
+pub mod validate;
 
 pub use size::ByteSize;
 pub use validate::validate;
@@ -186,6 +186,12 @@ pub struct Config {
     /// The evidence log (see `crate::audit`); `gateway.audit_log` is the plain alternative.
     #[serde(default)]
     pub audit: Option<crate::audit::AuditConfig>,
+    /// Rate limits for `io.rate-acquire` (see `crate::ratelimit`).
+    #[serde(default)]
+    pub limits: Vec<crate::ratelimit::LimitConfig>,
+    /// The Redis behind shared limits.
+    #[serde(default)]
+    pub shared_limits: Option<crate::ratelimit::SharedLimitsConfig>,
 }
 
 /// `[gateway]`

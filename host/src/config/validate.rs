@@ -149,6 +149,7 @@ pub fn validate(source: &Source, config: &Config) -> Result<(), ConfigErrors> {
     }
 
     crate::jwks::validate(source, config, &mut errors);
+    crate::ratelimit::validate(source, config, &mut errors);
     crate::audit::validate(source, config, &mut errors);
 
     if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }

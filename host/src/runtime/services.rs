@@ -1,18 +1,24 @@
 //! Host-side state that outlives policy instances: the pseudonym key, the
-//! JWKS cache, and the hook where rate limits plug in. Policies reach it
-//! only through the contract's `host` and `io` interfaces.
+//! JWKS cache and the rate limits. Policies reach it only through the
+//! contract's `host` and `io` interfaces. One `Services` belongs to one
+//! snapshot; a reload makes its successor, which carries over whatever did
+//! not change (keys, limit counts), so a policy's `check-config` already
+//! sees the configuration it is checked against.
 
 use super::bindings::portcullis::gateway::types;
 use crate::jwks::{JwksCache, JwksLookupError};
+use crate::ratelimit::{AcquireError, Limits};
 use hmac::{Hmac, KeyInit, Mac};
-use std::sync::Arc;
 use sha2::Sha256;
+use std::sync::Arc;
 
-/// State shared by every policy instance of the process.
+/// State shared by every policy instance of a snapshot.
 pub struct Services {
-    pseudonym_key: Vec<u8>,
-    /// Key sets per issuer (`[[jwks]]`); swapped whole on reload.
-    jwks: arc_swap::ArcSwap<JwksCache>,
+    pseudonym_key: Arc<[u8]>,
+    /// Key sets per issuer (`[[jwks]]`).
+    jwks: Arc<JwksCache>,
+    /// `[[limits]]` and their state.
+    limits: Arc<Limits>,
 }
 
 impl Services {
@@ -24,23 +30,35 @@ impl Services {
             k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
             k
         });
-        Services { pseudonym_key: key, jwks: arc_swap::ArcSwap::from_pointee(JwksCache::empty()) }
+        Services { pseudonym_key: key.into(), jwks: Arc::new(JwksCache::empty()), limits: Arc::new(Limits::default()) }
     }
 
     /// These services with the `[[jwks]]` key sets.
-    pub fn with_jwks(self, jwks: JwksCache) -> Services {
-        self.jwks.store(Arc::new(jwks));
+    pub fn with_jwks(mut self, jwks: JwksCache) -> Services {
+        self.jwks = Arc::new(jwks);
         self
+    }
+
+    /// These services with the `[[limits]]`.
+    pub fn with_limits(mut self, limits: Limits) -> Services {
+        self.limits = Arc::new(limits);
+        self
+    }
+
+    /// The services of a reloaded configuration: the same pseudonym key, new
+    /// key sets and limits (built from these, so unchanged ones keep state).
+    pub fn successor(&self, jwks: JwksCache, limits: Limits) -> Services {
+        Services { pseudonym_key: self.pseudonym_key.clone(), jwks: Arc::new(jwks), limits: Arc::new(limits) }
     }
 
     /// The JWKS cache in use (to carry unchanged issuers over a reload).
     pub fn jwks_cache(&self) -> Arc<JwksCache> {
-        self.jwks.load_full()
+        self.jwks.clone()
     }
 
-    /// Replace the JWKS cache (on reload; lookups in flight finish on the old one).
-    pub fn set_jwks(&self, jwks: JwksCache) {
-        self.jwks.store(Arc::new(jwks));
+    /// The limits in use (to carry their state over a reload; for metrics).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// HMAC-SHA-256(key, domain || 0 || value), hex.
@@ -52,16 +70,34 @@ impl Services {
         hex::encode(mac.finalize().into_bytes())
     }
 
-    /// Rate acquisition. No limit store is configured in this build of the
-    /// gateway core, so every name is unknown (the rate-limit issue adds them).
-    pub async fn rate_acquire(&self, limit: &str, _key: &str, _cost: u32) -> Result<types::RateOutcome, types::RateError> {
-        Err(types::RateError::UnknownLimit(limit.to_string()))
+    /// Take `cost` from `key`'s budget under the configured limit `limit`.
+    pub async fn rate_acquire(&self, limit: &str, key: &str, cost: u32) -> Result<types::RateOutcome, types::RateError> {
+        let answer = self.limits.acquire(limit, key, cost, |k| self.pseudonym("rate-limit", k)).await;
+        let metrics = crate::metrics::global();
+        match answer {
+            Ok(o) => {
+                metrics.rate_limit_decisions.with_label_values(&[limit, o.source.as_str(), if o.decision.allowed { "allowed" } else { "limited" }]).inc();
+                Ok(types::RateOutcome {
+                    allowed: o.decision.allowed,
+                    limit: o.quota,
+                    remaining: o.decision.remaining,
+                    reset_ms: o.decision.reset.as_millis() as u64,
+                    retry_after_ms: o.decision.retry_after.as_millis() as u64,
+                    policy: o.policy,
+                    source: o.source.as_str().to_string(),
+                })
+            }
+            Err(AcquireError::UnknownLimit(name)) => Err(types::RateError::UnknownLimit(name)),
+            Err(e @ AcquireError::Unavailable { .. }) => {
+                metrics.rate_limit_decisions.with_label_values(&[limit, "shared", "unavailable"]).inc();
+                Err(types::RateError::Unavailable(e.to_string()))
+            }
+        }
     }
 
     /// JWKS lookup: `issuer`, or `issuer#kid=<kid>` (see `crate::jwks`).
     pub async fn jwks(&self, issuer: &str) -> Result<String, types::JwksError> {
-        let cache = self.jwks.load_full();
-        cache.get(issuer).await.map_err(|e| match e {
+        self.jwks.get(issuer).await.map_err(|e| match e {
             JwksLookupError::UnknownIssuer(i) => types::JwksError::UnknownIssuer(i),
             JwksLookupError::Unavailable(why) => types::JwksError::Unavailable(why),
         })

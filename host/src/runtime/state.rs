@@ -122,6 +122,10 @@ impl host::Host for PolicyState {
             types::Level::Error => tracing::error!(target: "policy", policy, request_id = id, "{message}"),
         }
     }
+
+    fn limit_policy(&mut self, limit: String) -> Option<String> {
+        self.services.limits().policy(&limit).map(str::to_string)
+    }
 }
 
 impl io::Host for PolicyState {
