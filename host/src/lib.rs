@@ -15,6 +15,7 @@ pub mod policy_test;
 pub mod pool;
 pub mod proxy;
 pub mod reload;
+pub mod residency;
 pub mod runtime;
 pub mod serve;
 pub mod snapshot;

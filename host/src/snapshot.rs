@@ -57,6 +57,11 @@ pub struct RouteEntry {
     pub websocket: bool,
     /// When its audit record must be on disk (`durable` / `async`).
     pub audit: crate::audit::Durability,
+    /// The policy that must narrow this route's pools (`<name>.pools`)
+    /// before anything is forwarded: the residency policy, when
+    /// `[residency]` is configured. Without that fact the request fails
+    /// closed, so a policy that forgot to decide cannot let data through.
+    pub narrowed_by: Option<String>,
 }
 
 /// One listener to bind.
@@ -119,6 +124,10 @@ impl Snapshot {
         // Reference errors do not stop the components from being loaded and
         // checked: an operator sees every problem of the file in one run.
         let mut errors = config::validate(source, &config).err().map(|e| e.0).unwrap_or_default();
+        let residency = crate::residency::load(source, &config).unwrap_or_else(|mut e| {
+            errors.append(&mut e);
+            None
+        });
 
         let mut policies = BTreeMap::new();
         let mut digests = Vec::new();
@@ -127,6 +136,9 @@ impl Snapshot {
             let mut flat = flatten(&def.settings);
             if *name == router_name {
                 flat.insert("table".into(), render_route_table(&config));
+            }
+            if let Some(r) = residency.as_ref().filter(|r| r.policy == *name) {
+                flat.extend(r.policy_settings(&config.pools));
             }
             match load_component(source, &runtime, name, def) {
                 Ok(module) => {
@@ -180,6 +192,7 @@ impl Snapshot {
                     body_limit: r.body_limit.unwrap_or(config.gateway.max_request_body).0,
                     websocket: r.websocket,
                     audit: r.audit.or(config.audit.as_ref().map(|a| a.mode)).unwrap_or_default(),
+                    narrowed_by: residency.as_ref().map(|r| r.policy.clone()),
                 },
             );
         }
@@ -191,6 +204,9 @@ impl Snapshot {
 
         let mut hasher = Sha256::new();
         hasher.update(source.text.as_bytes());
+        if let Some(r) = &residency {
+            hasher.update(r.text.as_bytes());
+        }
         for d in &digests {
             hasher.update(d.as_bytes());
         }
@@ -224,6 +240,7 @@ impl Snapshot {
             admin: config.admin.clone(),
             watch_paths: std::iter::once(source.file.clone())
                 .chain(config.policies.values().filter(|d| !d.component.get_ref().starts_with("builtin:")).map(|d| source.resolve(d.component.get_ref())))
+                .chain(residency.as_ref().map(|r| r.file.clone()))
                 .collect(),
             watch: config.gateway.watch,
             shutdown_grace: std::time::Duration::from_millis(config.gateway.shutdown_grace_ms),
