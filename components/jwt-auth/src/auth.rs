@@ -31,6 +31,8 @@ pub struct Identity {
     pub roles: Vec<String>,
     /// The region claim, if configured and a string.
     pub region: Option<String>,
+    /// The consent claim's items, if configured and present.
+    pub consent: Option<Vec<String>>,
     /// The verified algorithm.
     pub alg: Algorithm,
     /// Every claim, for `claim-headers`.
@@ -70,8 +72,13 @@ pub fn authenticate(cfg: &Config, token: &str, env: &mut dyn Env) -> Result<Iden
         _ => Vec::new(),
     };
     let region = issuer.region_claim.as_deref().and_then(|path| claim(&parsed.claims, path)).and_then(Value::as_str).map(str::to_string);
+    let consent = issuer.consent_claim.as_deref().and_then(|path| claim(&parsed.claims, path)).and_then(|v| match v {
+        Value::Array(items) => Some(items.iter().filter_map(Value::as_str).map(str::to_string).collect()),
+        Value::String(s) => Some(s.split_whitespace().map(str::to_string).collect()),
+        _ => None,
+    });
     let sub = parsed.claims.get("sub").and_then(Value::as_str).map(str::to_string);
-    Ok(Identity { issuer_id: issuer.id.clone(), iss: iss.to_string(), sub, roles, region, alg: parsed.alg, claims: parsed.claims })
+    Ok(Identity { issuer_id: issuer.id.clone(), iss: iss.to_string(), sub, roles, region, consent, alg: parsed.alg, claims: parsed.claims })
 }
 
 /// Check the signature with a key of the set that fits the token (its

@@ -44,6 +44,10 @@ pub struct Issuer {
     pub roles_claim: String,
     /// Claim path of the data subject's region, for `jwt.region`.
     pub region_claim: Option<String>,
+    /// Claim path of the subject's recorded consents (an array of strings or
+    /// a space-separated string), for `jwt.consent` (the residency policy's
+    /// consent rules read it).
+    pub consent_claim: Option<String>,
 }
 
 /// The parsed settings.
@@ -135,6 +139,7 @@ const ISSUER_KEYS: &[&str] = &[
     "max-age-ms",
     "roles-claim",
     "region-claim",
+    "consent-claim",
 ];
 
 fn quoted(s: &str) -> String {
@@ -340,6 +345,12 @@ impl Config {
             {
                 return Err(err(&key("region-claim"), format!("not a claim path: {}", quoted(r))));
             }
+            let consent_claim = fields.get("consent-claim").map(|r| r.to_string());
+            if let Some(r) = &consent_claim
+                && !valid_claim_path(r)
+            {
+                return Err(err(&key("consent-claim"), format!("not a claim path: {}", quoted(r))));
+            }
             if parsed.iter().any(|i: &Issuer| i.issuer == issuer) {
                 return Err(err(&key("issuer"), format!("issuer {} is configured twice", quoted(&issuer))));
             }
@@ -354,6 +365,7 @@ impl Config {
                 max_age_ms,
                 roles_claim,
                 region_claim,
+                consent_claim,
             });
         }
         Ok(Config {

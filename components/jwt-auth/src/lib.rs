@@ -2,7 +2,7 @@
 //! PS256/384/512, ES256/384, EdDSA, HS256/384/512; never `none`) with the
 //! `jsonwebtoken` crate, against keys from the host's JWKS cache
 //! (`io.jwks`), and turns the claims into facts (`<ns>.sub`, `<ns>.iss`,
-//! `<ns>.roles`, `<ns>.region`) and upstream headers (`x-subject`,
+//! `<ns>.roles`, `<ns>.region`, `<ns>.consent`) and upstream headers (`x-subject`,
 //! `x-roles`, ...). See the README, "Policy: jwt-auth", for the settings.
 //!
 //! A std guest (jsonwebtoken needs std), built so that the normal path calls
@@ -197,6 +197,9 @@ fn identity_edits(cfg: &Config, id: &Identity) -> Result<Edits, Failure> {
     }
     if let Some(region) = &id.region {
         e = e.fact(format!("{ns}.region"), region.clone());
+    }
+    if let Some(consent) = &id.consent {
+        e = e.fact(format!("{ns}.consent"), list::encode(consent));
     }
     let mut headers: Vec<(&str, Option<String>)> = Vec::new();
     if let Some(h) = &cfg.subject_header {

@@ -31,6 +31,7 @@ fn settings(extra: &[(&str, &str)]) -> Vec<(String, String)> {
         s("issuers.procare.audience", "procare-api"),
         s("issuers.procare.roles-claim", "realm_access.roles"),
         s("issuers.procare.region-claim", "region"),
+        s("issuers.procare.consent-claim", "consent.residency"),
     ];
     for (k, val) in extra {
         v.retain(|(key, _)| key != k);
@@ -77,6 +78,7 @@ fn claims() -> Value {
         "exp": NOW + 300, "iat": NOW - 10, "nbf": NOW - 10,
         "realm_access": { "roles": ["doctor", "caregiver"] },
         "region": "eu-central", "email": "d7@procare.test",
+        "consent": { "residency": ["eu-processing", "research,2026"] },
     })
 }
 
@@ -178,6 +180,7 @@ fn every_supported_algorithm_verifies() {
         assert_eq!(id.sub.as_deref(), Some("doctor-7"));
         assert_eq!(id.roles, ["doctor", "caregiver"]);
         assert_eq!(id.region.as_deref(), Some("eu-central"));
+        assert_eq!(id.consent.as_deref(), Some(&["eu-processing".to_string(), "research,2026".to_string()][..]));
         assert_eq!(id.iss, ISS);
         assert_eq!(id.alg, alg);
     }
@@ -378,6 +381,8 @@ fn proceed_carries_facts_and_headers_and_replaces_spoofed_ones() {
     assert_eq!(fact("jwt.iss"), Some(ISS));
     assert_eq!(fact("jwt.roles"), Some("doctor,caregiver"));
     assert_eq!(fact("jwt.region"), Some("eu-central"));
+    // Consents, list-encoded (the comma inside an item escaped), for the residency policy.
+    assert_eq!(fact("jwt.consent"), Some("eu-processing,research%2C2026"));
     let set = |k: &str| e.set_headers.iter().find(|h| h.name == k).map(|h| core::str::from_utf8(&h.value).unwrap());
     assert_eq!(set("x-subject"), Some("doctor-7"));
     assert_eq!(set("x-roles"), Some("doctor,caregiver"));
@@ -504,6 +509,7 @@ fn settings_are_checked() {
     assert!(bad(&[("claim-headers.x-roles", "email")]).contains("already used"));
     assert!(bad(&[("issuers.procare.issuer", "https://a#b")]).contains("no '#'"));
     assert!(bad(&[("issuers.procare.roles-claim", "a..b")]).contains("claim path"));
+    assert!(bad(&[("issuers.procare.consent-claim", "a b")]).contains("issuers.procare.consent-claim"));
     assert!(bad(&[("realm", "a\"b")]).contains("realm"));
     assert!(Config::parse(&[]).unwrap_err().contains("at least one issuer"));
     assert!(Config::parse(&[s("issuers.a.algorithms", "RS256")]).unwrap_err().contains("issuers.a.issuer"));
