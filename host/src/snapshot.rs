@@ -128,6 +128,9 @@ impl Snapshot {
             errors.append(&mut e);
             None
         });
+        // Without a valid regions file the residency policy has no derived
+        // settings; its check-config would only repeat the errors above.
+        let unchecked = |name: &str| residency.is_none() && config.residency.as_ref().is_some_and(|r| r.policy.get_ref() == name);
 
         let mut policies = BTreeMap::new();
         let mut digests = Vec::new();
@@ -156,6 +159,9 @@ impl Snapshot {
         // check-config and hooks, for the policy's own settings and for every route override.
         let mut checked: HashMap<String, Hooks> = HashMap::new();
         for (name, p) in &policies {
+            if unchecked(name) {
+                continue;
+            }
             match check(&runtime, &services, p, None).await {
                 Ok(hooks) => {
                     checked.insert(name.clone(), hooks);
@@ -170,6 +176,7 @@ impl Snapshot {
                 let Some(policy) = policies.get(c.get_ref()) else { continue };
                 let overrides = r.settings.get(c.get_ref()).map(|t| Arc::new(flatten(t)));
                 let hooks = match &overrides {
+                    _ if unchecked(c.get_ref()) => None,
                     None => checked.get(c.get_ref()).copied(),
                     Some(o) => match check(&runtime, &services, policy, Some(o.clone())).await {
                         Ok(h) => Some(h),
