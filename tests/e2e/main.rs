@@ -11,6 +11,7 @@ mod policy_cases;
 mod jwt;
 mod metrics;
 mod reload;
+mod residency;
 mod routing;
 mod security_headers;
 mod shutdown;
