@@ -78,6 +78,11 @@ impl World {
         let mut c = config_head();
         c.push_str(&format!(
             r#"
+# A shared 2-core machine under other builds can stall a policy call past
+# the 100 ms default; these tests are about where requests go, not speed.
+[runtime]
+policy_deadline_ms = 5000
+
 [residency]
 regions = "regions.toml"
 
@@ -201,7 +206,7 @@ async fn an_eu_patients_requests_reach_only_eu_targets_over_10000_requests() {
             for _ in 0..TOTAL / WORKERS {
                 let req = http::Request::get(&url).header("authorization", &auth).body(full("")).unwrap();
                 let a = send(&client, req).await;
-                assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+                assert_eq!(a.status, 200, "{}: {}", a.status, String::from_utf8_lossy(&a.body));
                 services.insert(a.json()["service"].as_str().unwrap().to_string());
             }
             services
@@ -227,8 +232,8 @@ async fn an_eu_patients_requests_reach_only_eu_targets_over_10000_requests() {
         assert_eq!(res["class"], "health", "{r}");
         assert_eq!(res["decision"], "permit", "{r}");
         assert_eq!(res["pools"], "records-fsn1,records-nbg1", "{r}");
-        assert_eq!(res["rule"], "eu-health", "the granting rule of the chosen pool: {r}");
-        assert_eq!(res["jurisdiction"], "EU", "{r}");
+        assert_eq!(res["rule"], "eu-health", "{r}");
+        assert_eq!(res["grants"], "records-fsn1=eu-health,records-nbg1=eu-health", "{r}");
     }
 }
 

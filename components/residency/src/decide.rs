@@ -170,17 +170,22 @@ pub fn evaluate(cfg: &Config<'_>, req: &RequestHead) -> Outcome {
     match decide(cfg, who, inp.class, &inp.consents, &inp.pools) {
         Decision::Permit(grants) => {
             let pools: Vec<&str> = grants.iter().map(|g| inp.pools[g.pool]).collect();
-            let mut rules: Vec<&str> = Vec::new();
+            let mut pairs: Vec<String> = Vec::with_capacity(grants.len());
             for g in &grants {
-                let name = cfg.rules[g.rule].name;
-                if !rules.contains(&name) {
-                    rules.push(name);
-                }
+                let mut pair = String::from(inp.pools[g.pool]);
+                pair.push('=');
+                pair.push_str(cfg.rules[g.rule].name);
+                pairs.push(pair);
             }
             let pools = list::encode(&pools);
             field(&mut audit, "decision", "permit".to_string());
-            field(&mut audit, "rules", list::encode(&rules));
             field(&mut audit, "pools", pools.clone());
+            field(&mut audit, "grants", list::encode(&pairs));
+            // One rule for every granted pool (the usual case): whichever
+            // pool the host picks, this is the rule that let the data go.
+            if grants.iter().all(|g| g.rule == grants[0].rule) {
+                field(&mut audit, "rule", cfg.rules[grants[0].rule].name.to_string());
+            }
             let ns = cfg.namespace;
             let mut e = Edits::new().fact(prefixed(ns, ".pools"), pools).fact(prefixed(ns, ".subject"), who.as_str().to_string());
             for h in &forged {
@@ -234,16 +239,4 @@ pub fn refusal(rule: &str, class: &str) -> Reply {
         // The answer depends on who asks: no cache may give it to another.
         .header("cache-control", "no-store")
         .body(body.into_bytes())
-}
-
-/// The rule that granted `pool` (the pool the host forwarded to), for the
-/// completion audit. `None` when the pool was not granted at all — which
-/// would be a breach, and is audited as one.
-pub fn granting_rule<'a>(cfg: &Config<'a>, req: &RequestHead, pool: &str) -> Option<&'a str> {
-    let inp = inputs(cfg, req);
-    let who = subject(cfg, inp.residency);
-    match decide(cfg, who, inp.class, &inp.consents, &inp.pools) {
-        Decision::Permit(grants) => grants.iter().find(|g| inp.pools[g.pool] == pool).map(|g| cfg.rules[g.rule].name),
-        Decision::Deny(_) => None,
-    }
 }

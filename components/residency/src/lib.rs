@@ -16,15 +16,18 @@
 //!   the host renders from `[residency] regions = "regions.toml"` (the host
 //!   checks them at load; `check-config` checks them again).
 //!
-//! Audit (under the policy's name): on every request `subject` (the
-//! jurisdiction, `none` or `unknown`), `class`, `decision` (`permit` /
-//! `deny`), and `rules` + `pools` (permit) or `rule` (deny);
-//! `forged-headers` when a client sent any. After the response
-//! (`on-complete`), for a forwarded request: `rule`, the rule that permitted
-//! the pool the host chose, and `jurisdiction`, that pool's (the host's
-//! record has the region itself). A chosen pool no rule permits — which the
-//! host makes impossible — would be audited as `breach` and logged as an
-//! error.
+//! Audit (under the policy's name), all from `on-request`, so a durable
+//! route's decision record (written before the answer is released) has it
+//! too: `subject` (the jurisdiction, `none` or `unknown`), `class`,
+//! `decision` (`permit` / `deny`); on permit `pools` (the narrowed list),
+//! `grants` (`pool=rule` for each, so the record's `upstream` pool names the
+//! rule that let the data go there) and `rule` when one rule granted them
+//! all (the usual case); on deny `rule` (the one named in the 451);
+//! `forged-headers` when a client sent any. The host's record adds the
+//! chosen `upstream` and `region`. (An `on-complete` hook could name the
+//! chosen pool's rule directly, but costs a second fresh instance per
+//! request — ~30 µs, more than the decision itself — for what `grants`
+//! already says.)
 //!
 //! Place it after jwt-auth (it reads jwt-auth's facts) on every route; with
 //! `[residency]` configured, `portcullis check` refuses a route without it.
@@ -32,9 +35,8 @@
 
 extern crate alloc;
 
-use alloc::string::{String, ToString};
-use alloc::vec::Vec;
-use portcullis_sdk::{Completion, Hooks, Level, Policy, RequestHead, Verdict, audit, export_policy, fact, log, settings, trap};
+use alloc::string::String;
+use portcullis_sdk::{Policy, RequestHead, Verdict, audit, export_policy, settings, trap};
 
 pub mod config;
 pub mod decide;
@@ -46,10 +48,6 @@ mod tests;
 pub struct Residency;
 
 impl Policy for Residency {
-    fn hooks() -> Hooks {
-        Hooks::ON_COMPLETE
-    }
-
     fn check_config() -> Result<(), String> {
         let pairs = settings("");
         config::check(&config::parse(&pairs)?)
@@ -65,40 +63,6 @@ impl Policy for Residency {
         out.verdict
     }
 
-    fn on_complete(req: RequestHead, done: Completion) {
-        let pairs = settings("");
-        let cfg = config::parse(&pairs).unwrap_or_else(|_| trap());
-        for (k, v) in completion_audit(&cfg, &req, &done) {
-            if k == "breach" {
-                log(Level::Error, &v);
-            }
-            audit(&[(k, v)]);
-        }
-    }
-}
-
-/// Audit fields after the response: which rule permitted the pool the host
-/// chose. Nothing when this policy did not decide (an earlier policy
-/// answered) or nothing was forwarded (451, 503).
-pub fn completion_audit(cfg: &config::Config<'_>, req: &RequestHead, done: &Completion) -> Vec<(String, String)> {
-    let mut pools_fact = String::from(cfg.namespace);
-    pools_fact.push_str(".pools");
-    let (Some(_), Some(upstream)) = (fact(req, &pools_fact), &done.upstream) else { return Vec::new() };
-    let pool = upstream.split('/').next().unwrap_or_default();
-    let mut out = Vec::new();
-    if let Some(region) = &done.region {
-        out.push(("jurisdiction".to_string(), cfg.region_jurisdiction(region).unwrap_or("unknown").to_string()));
-    }
-    match decide::granting_rule(cfg, req, pool) {
-        Some(rule) => out.push(("rule".to_string(), rule.to_string())),
-        None => {
-            let mut why = String::from("forwarded to pool ");
-            why.push_str(pool);
-            why.push_str(", which no residency rule permits for this request");
-            out.push(("breach".to_string(), why));
-        }
-    }
-    out
 }
 
 export_policy!(Residency);

@@ -6,7 +6,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
-use portcullis_sdk::{Completion, Header, RequestHead, Verdict, list};
+use portcullis_sdk::{Header, RequestHead, Verdict, list};
 
 /// Settings as the host renders them for policies/regions.toml-like rules.
 fn settings() -> Vec<(String, String)> {
@@ -110,7 +110,8 @@ fn an_eu_patient_is_narrowed_to_eu_pools_in_route_order() {
     assert_eq!(fact(&out.verdict, "residency.pools"), Some("records-eu,records-eu2"));
     assert_eq!(fact(&out.verdict, "residency.subject"), Some("EU"));
     assert_eq!(field(&out.audit, "decision"), Some("permit"));
-    assert_eq!(field(&out.audit, "rules"), Some("eu-health"));
+    assert_eq!(field(&out.audit, "rule"), Some("eu-health"));
+    assert_eq!(field(&out.audit, "grants"), Some("records-eu=eu-health,records-eu2=eu-health"));
     assert_eq!(field(&out.audit, "subject"), Some("EU"));
     assert_eq!(field(&out.audit, "class"), Some("health"));
     assert_eq!(field(&out.audit, "forged-headers"), None);
@@ -137,7 +138,7 @@ fn an_in_patient_without_a_permitting_rule_gets_451_naming_the_rule() {
     // With consent, the consent rule permits the EU pools.
     let out = decide::evaluate(&c, &health(Some("IN"), &[("jwt.consent", "research,eu-processing")], &[]));
     assert_eq!(fact(&out.verdict, "residency.pools"), Some("records-eu,records-eu2"));
-    assert_eq!(field(&out.audit, "rules"), Some("in-health-eu-consent"));
+    assert_eq!(field(&out.audit, "rule"), Some("in-health-eu-consent"));
 
     // A matching rule whose jurisdictions the route does not serve is named.
     let out = decide::evaluate(&c, &head(&[("route.pools", "records-eu"), ("route.residency-class", "health"), ("jwt.region", "US")], &[]));
@@ -170,7 +171,7 @@ fn a_public_route_serves_from_any_region() {
         }
         let out = decide::evaluate(&c, &head(&facts, &[]));
         assert_eq!(fact(&out.verdict, "residency.pools"), Some("records-us,records-in"), "{r:?}");
-        assert_eq!(field(&out.audit, "rules"), Some("public"));
+        assert_eq!(field(&out.audit, "rule"), Some("public"));
     }
 }
 
@@ -190,43 +191,17 @@ fn a_forged_region_header_changes_nothing_and_is_stripped_and_audited() {
     assert_eq!(field(&out.audit, "forged-headers"), Some("x-data-region"));
 }
 
-fn done(upstream: Option<&str>, region: Option<&str>) -> Completion {
-    Completion {
-        status: 200,
-        bytes_in: 0,
-        bytes_out: 10,
-        duration_us: 100,
-        upstream: upstream.map(Into::into),
-        region: region.map(Into::into),
-        outcome: "ok".into(),
-        verdicts: Vec::new(),
-        facts: Vec::new(),
-    }
-}
-
 #[test]
-fn the_completion_names_the_rule_of_the_chosen_pool() {
-    let pairs = settings();
+fn grants_name_the_rule_of_each_pool_when_several_rules_permit() {
+    let mut pairs = settings();
+    // An IN rule too, so that a consenting IN patient has two granting rules.
+    pairs[4].1.push_str("in-health\tIN\thealth\tIN\t\n");
     let c = config::parse(&pairs).unwrap();
-    let decided = [("jwt.consent", "eu-processing"), ("residency.pools", "records-in,records-eu")];
-    let mut req = health(Some("IN"), &decided, &[]);
-    // An IN rule too, to have two granting rules.
-    let mut more = pairs.clone();
-    more[4].1.push_str("in-health\tIN\thealth\tIN\t\n");
-    let c2 = config::parse(&more).unwrap();
-    let audit = crate::completion_audit(&c2, &req, &done(Some("records-eu/127.0.0.1:1"), Some("fsn1")));
-    assert_eq!(audit, [("jurisdiction".to_string(), "EU".to_string()), ("rule".to_string(), "in-health-eu-consent".to_string())]);
-    let audit = crate::completion_audit(&c2, &req, &done(Some("records-in/127.0.0.1:2"), Some("in-mum")));
-    assert_eq!(audit[1], ("rule".to_string(), "in-health".to_string()));
-    // Not forwarded, or not decided by this policy: nothing to add.
-    assert!(crate::completion_audit(&c, &req, &done(None, None)).is_empty());
-    req.facts.retain(|(k, _)| k != "residency.pools");
-    assert!(crate::completion_audit(&c, &req, &done(Some("records-eu/127.0.0.1:1"), Some("fsn1"))).is_empty());
-    // A pool no rule grants is a breach (the host never lets it happen).
-    let req = health(Some("EU"), &[("residency.pools", "records-eu")], &[]);
-    let audit = crate::completion_audit(&c, &req, &done(Some("records-us/127.0.0.1:3"), Some("ash")));
-    assert_eq!(audit[0].1, "US");
-    assert_eq!(audit[1].0, "breach");
+    let out = decide::evaluate(&c, &health(Some("IN"), &[("jwt.consent", "eu-processing")], &[]));
+    // Rule order is preference: the consent rule comes first in this file.
+    assert_eq!(fact(&out.verdict, "residency.pools"), Some("records-eu,records-eu2,records-in"));
+    assert_eq!(field(&out.audit, "grants"), Some("records-eu=in-health-eu-consent,records-eu2=in-health-eu-consent,records-in=in-health"));
+    assert_eq!(field(&out.audit, "rule"), None, "which rule applies depends on the pool the host picks: see grants");
 }
 
 // ---------------------------------------------------------------------------
