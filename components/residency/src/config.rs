@@ -30,7 +30,14 @@ pub const DEFAULT_SUBJECT_FACT: &str = "jwt.region";
 pub const DEFAULT_CONSENT_FACT: &str = "jwt.consent";
 /// Request headers a client might use to claim a residency; stripped and
 /// audited, never believed.
-pub const DEFAULT_FORGED_HEADERS: [&str; 6] = ["x-data-region", "x-data-residency", "x-residency", "x-region", "x-subject-region", "x-jurisdiction"];
+pub const DEFAULT_FORGED_HEADERS: [&str; 6] = [
+    "x-data-region",
+    "x-data-residency",
+    "x-residency",
+    "x-region",
+    "x-subject-region",
+    "x-jurisdiction",
+];
 
 /// Settings rendered by the host from the regions file.
 pub const DERIVED: [&str; 5] = ["namespace", "jurisdictions", "regions", "pools", "rules"];
@@ -89,7 +96,10 @@ impl<'a> Config<'a> {
 
     /// The jurisdiction of a region.
     pub fn region_jurisdiction(&self, region: &str) -> Option<&'a str> {
-        self.regions.iter().find(|(r, _)| *r == region).map(|(_, j)| *j)
+        self.regions
+            .iter()
+            .find(|(r, _)| *r == region)
+            .map(|(_, j)| *j)
     }
 }
 
@@ -125,7 +135,11 @@ fn names<'a>(key: &str, text: &'a str) -> Result<Vec<&'a str>, String> {
 fn pairs<'a>(key: &str, text: &'a str) -> Result<Vec<(&'a str, &'a str)>, String> {
     names(key, text)?
         .into_iter()
-        .map(|item| item.split_once('=').filter(|(a, b)| !a.is_empty() && !b.is_empty()).ok_or_else(|| error_got(key, "expected name=name items", item)))
+        .map(|item| {
+            item.split_once('=')
+                .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+                .ok_or_else(|| error_got(key, "expected name=name items", item))
+        })
         .collect()
 }
 
@@ -133,25 +147,51 @@ fn rules<'a>(text: &'a str) -> Result<Vec<Rule<'a>>, String> {
     let mut out = Vec::new();
     for line in text.split('\n').filter(|l| !l.is_empty()) {
         let mut f = line.split('\t');
-        let (Some(name), Some(subject), Some(class), Some(allow), Some(consent), None) = (f.next(), f.next(), f.next(), f.next(), f.next(), f.next()) else {
-            return Err(error_got("rules", "expected 5 tab-separated fields per line (name, subject, class, allow, consent)", line));
+        let (Some(name), Some(subject), Some(class), Some(allow), Some(consent), None) =
+            (f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            return Err(error_got(
+                "rules",
+                "expected 5 tab-separated fields per line (name, subject, class, allow, consent)",
+                line,
+            ));
         };
         let allow = names("rules", allow)?;
         if name.is_empty() || subject.is_empty() || class.is_empty() || allow.is_empty() {
-            return Err(error_got("rules", "a rule needs a name, a subject, a class and at least one allowed jurisdiction", line));
+            return Err(error_got(
+                "rules",
+                "a rule needs a name, a subject, a class and at least one allowed jurisdiction",
+                line,
+            ));
         }
-        out.push(Rule { name, subject, class, allow, consent: (!consent.is_empty()).then_some(consent) });
+        out.push(Rule {
+            name,
+            subject,
+            class,
+            allow,
+            consent: (!consent.is_empty()).then_some(consent),
+        });
     }
     Ok(out)
 }
 
 fn fact_name<'a>(key: &str, v: &'a str) -> Result<&'a str, String> {
-    let ok = v.split_once('.').is_some_and(|(ns, k)| !ns.is_empty() && !k.is_empty()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok { Ok(v) } else { Err(error_got(key, "expected a fact name such as jwt.region", v)) }
+    let ok = v
+        .split_once('.')
+        .is_some_and(|(ns, k)| !ns.is_empty() && !k.is_empty())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(v)
+    } else {
+        Err(error_got(key, "expected a fact name such as jwt.region", v))
+    }
 }
 
 fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Parse `pairs` (`host.settings("")`). Every problem names the setting.
@@ -164,7 +204,10 @@ pub fn parse(pairs_in: &[(String, String)]) -> Result<Config<'_>, String> {
         rules: Vec::new(),
         subject_fact: DEFAULT_SUBJECT_FACT,
         consent_fact: DEFAULT_CONSENT_FACT,
-        forged_headers: DEFAULT_FORGED_HEADERS.iter().map(|h| String::from(*h)).collect(),
+        forged_headers: DEFAULT_FORGED_HEADERS
+            .iter()
+            .map(|h| String::from(*h))
+            .collect(),
     };
     let mut derived = 0usize;
     for (key, value) in pairs_in {
@@ -186,15 +229,27 @@ pub fn parse(pairs_in: &[(String, String)]) -> Result<Config<'_>, String> {
                     c.forged_headers.push(h.to_ascii_lowercase());
                 }
             }
-            _ => return Err(error(k, "unknown setting (known: subject-fact, consent-fact, forged-headers)")),
+            _ => {
+                return Err(error(
+                    k,
+                    "unknown setting (known: subject-fact, consent-fact, forged-headers)",
+                ));
+            }
         }
         if DERIVED.contains(&k) {
             derived += 1;
         }
     }
     if derived < DERIVED.len() {
-        let missing = DERIVED.iter().find(|d| !pairs_in.iter().any(|(k, _)| k == *d)).copied().unwrap_or("rules");
-        return Err(error(missing, "missing: the host derives it from the regions file; configure [residency] regions = \"regions.toml\" in the gateway config"));
+        let missing = DERIVED
+            .iter()
+            .find(|d| !pairs_in.iter().any(|(k, _)| k == *d))
+            .copied()
+            .unwrap_or("rules");
+        return Err(error(
+            missing,
+            "missing: the host derives it from the regions file; configure [residency] regions = \"regions.toml\" in the gateway config",
+        ));
     }
     if c.namespace.is_empty() {
         return Err(error("namespace", "empty"));
@@ -227,7 +282,11 @@ pub fn check(c: &Config<'_>) -> Result<(), String> {
         let subject_ok = r.subject == ANY || known(r.subject);
         let allow_ok = r.allow.iter().all(|a| known(a)) || r.allow.as_slice() == [ANY];
         if !subject_ok || !allow_ok {
-            return Err(error_got("rules", "a rule names an unknown jurisdiction", r.name));
+            return Err(error_got(
+                "rules",
+                "a rule names an unknown jurisdiction",
+                r.name,
+            ));
         }
     }
     Ok(())

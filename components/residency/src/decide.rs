@@ -56,7 +56,9 @@ impl Subject<'_> {
 
 /// The subject of a verified residency value.
 pub fn subject<'a>(cfg: &Config<'a>, value: Option<&str>) -> Subject<'a> {
-    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else { return Subject::None };
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Subject::None;
+    };
     if let Some(j) = cfg.jurisdictions.iter().find(|j| j.eq_ignore_ascii_case(v)) {
         return Subject::In(j);
     }
@@ -85,11 +87,17 @@ pub enum Decision {
 }
 
 /// Indices of the rules matching a subject, a data class and consents.
-pub fn matching(cfg: &Config<'_>, subject: Subject<'_>, class: Option<&str>, consents: &[&str]) -> Vec<usize> {
+pub fn matching(
+    cfg: &Config<'_>,
+    subject: Subject<'_>,
+    class: Option<&str>,
+    consents: &[&str],
+) -> Vec<usize> {
     (0..cfg.rules.len())
         .filter(|&i| {
             let r = &cfg.rules[i];
-            let subject_ok = r.subject == ANY || matches!(subject, Subject::In(j) if j == r.subject);
+            let subject_ok =
+                r.subject == ANY || matches!(subject, Subject::In(j) if j == r.subject);
             let class_ok = r.class == ANY || class == Some(r.class);
             let consent_ok = r.consent.is_none_or(|c| consents.contains(&c));
             subject_ok && class_ok && consent_ok
@@ -98,17 +106,29 @@ pub fn matching(cfg: &Config<'_>, subject: Subject<'_>, class: Option<&str>, con
 }
 
 /// The decision for a subject, a class, consents and the route's pools.
-pub fn decide(cfg: &Config<'_>, subject: Subject<'_>, class: Option<&str>, consents: &[&str], route_pools: &[&str]) -> Decision {
+pub fn decide(
+    cfg: &Config<'_>,
+    subject: Subject<'_>,
+    class: Option<&str>,
+    consents: &[&str],
+    route_pools: &[&str],
+) -> Decision {
     let rules = matching(cfg, subject, class, consents);
     let mut grants: Vec<Grant> = Vec::new();
     for &rule in &rules {
         for (pool, name) in route_pools.iter().enumerate() {
-            if !grants.iter().any(|g| g.pool == pool) && cfg.rules[rule].allows(cfg.pool_jurisdiction(name)) {
+            if !grants.iter().any(|g| g.pool == pool)
+                && cfg.rules[rule].allows(cfg.pool_jurisdiction(name))
+            {
                 grants.push(Grant { pool, rule });
             }
         }
     }
-    if grants.is_empty() { Decision::Deny(rules.first().copied()) } else { Decision::Permit(grants) }
+    if grants.is_empty() {
+        Decision::Deny(rules.first().copied())
+    } else {
+        Decision::Permit(grants)
+    }
 }
 
 /// What one request comes to: the verdict and the audit fields.
@@ -136,11 +156,12 @@ pub fn inputs<'r>(cfg: &Config<'_>, req: &'r RequestHead) -> Inputs<'r> {
     let plain = |text: &'r str| -> Vec<&'r str> {
         // Pool and consent names are plain; an escaped item (which could only
         // be a mangled name) matches nothing, so it is dropped.
-        list::items(text).filter_map(|c| match c {
-            alloc::borrow::Cow::Borrowed(s) => Some(s),
-            alloc::borrow::Cow::Owned(_) => None,
-        })
-        .collect()
+        list::items(text)
+            .filter_map(|c| match c {
+                alloc::borrow::Cow::Borrowed(s) => Some(s),
+                alloc::borrow::Cow::Owned(_) => None,
+            })
+            .collect()
     };
     Inputs {
         residency: fact(req, cfg.subject_fact),
@@ -153,11 +174,17 @@ pub fn inputs<'r>(cfg: &Config<'_>, req: &'r RequestHead) -> Inputs<'r> {
 /// Decide on a request head.
 pub fn evaluate(cfg: &Config<'_>, req: &RequestHead) -> Outcome {
     let mut audit: Vec<(String, String)> = Vec::new();
-    let field = |audit: &mut Vec<(String, String)>, k: &str, v: String| audit.push((k.to_string(), v));
+    let field =
+        |audit: &mut Vec<(String, String)>, k: &str, v: String| audit.push((k.to_string(), v));
 
     // A client's claim to a residency is never believed; it is removed so the
     // upstream cannot believe it either, and the attempt is on record.
-    let forged: Vec<&str> = cfg.forged_headers.iter().map(String::as_str).filter(|h| req.headers.iter().any(|x| x.name.eq_ignore_ascii_case(h))).collect();
+    let forged: Vec<&str> = cfg
+        .forged_headers
+        .iter()
+        .map(String::as_str)
+        .filter(|h| req.headers.iter().any(|x| x.name.eq_ignore_ascii_case(h)))
+        .collect();
     if !forged.is_empty() {
         field(&mut audit, "forged-headers", list::encode(&forged));
     }
@@ -184,20 +211,32 @@ pub fn evaluate(cfg: &Config<'_>, req: &RequestHead) -> Outcome {
             // One rule for every granted pool (the usual case): whichever
             // pool the host picks, this is the rule that let the data go.
             if grants.iter().all(|g| g.rule == grants[0].rule) {
-                field(&mut audit, "rule", cfg.rules[grants[0].rule].name.to_string());
+                field(
+                    &mut audit,
+                    "rule",
+                    cfg.rules[grants[0].rule].name.to_string(),
+                );
             }
             let ns = cfg.namespace;
-            let mut e = Edits::new().fact(prefixed(ns, ".pools"), pools).fact(prefixed(ns, ".subject"), who.as_str().to_string());
+            let mut e = Edits::new()
+                .fact(prefixed(ns, ".pools"), pools)
+                .fact(prefixed(ns, ".subject"), who.as_str().to_string());
             for h in &forged {
                 e = e.remove_header(*h);
             }
-            Outcome { verdict: e.proceed(), audit }
+            Outcome {
+                verdict: e.proceed(),
+                audit,
+            }
         }
         Decision::Deny(rule) => {
             let rule = rule.map_or(DEFAULT_DENY, |i| cfg.rules[i].name);
             field(&mut audit, "decision", "deny".to_string());
             field(&mut audit, "rule", rule.to_string());
-            Outcome { verdict: refusal(rule, inp.class.unwrap_or("none")).respond(), audit }
+            Outcome {
+                verdict: refusal(rule, inp.class.unwrap_or("none")).respond(),
+                audit,
+            }
         }
     }
 }
@@ -222,7 +261,9 @@ pub fn refusal(rule: &str, class: &str) -> Reply {
     } else {
         detail.push_str("Residency rule ");
         json::push_string(&mut detail, rule);
-        detail.push_str(" permits none of the regions this route is served from; nothing was forwarded.");
+        detail.push_str(
+            " permits none of the regions this route is served from; nothing was forwarded.",
+        );
     }
     let mut body = String::with_capacity(160 + detail.len());
     body.push_str("{\"type\":");

@@ -62,7 +62,6 @@ impl Policy for Residency {
         audit(&out.audit);
         out.verdict
     }
-
 }
 
 export_policy!(Residency);
