@@ -373,6 +373,35 @@ async fn a_public_route_serves_from_any_region() {
     assert_eq!(w.lib_ash.requests.load(Ordering::SeqCst), 3);
 }
 
+#[tokio::test]
+async fn editing_the_regions_file_reloads_the_rules() {
+    let w = World::start().await;
+    let gw = start(&w.config(None, ""));
+    let auth = token("patient-in-5", "IN", &[]);
+    assert_eq!(get(&gw.url("/api/records/in-5"), &[("authorization", &auth)]).await.status, 451);
+    // A broken edit is refused and the old rules keep serving.
+    let path = gw.dir().join("regions.toml");
+    std::fs::write(&path, REGIONS.replace("allow = [\"US\"]", "allow = [\"UK\"]")).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(get(&gw.url("/api/records/in-5"), &[("authorization", &auth)]).await.status, 451);
+    assert_eq!(get(&gw.url("/api/records/us-5"), &[("authorization", &token("patient-us-5", "US", &[]))]).await.status, 200);
+    // A good one: IN patients' health data may now go to the EU without consent.
+    std::fs::write(&path, format!("{REGIONS}[[rules]]\nname = \"in-health-eu\"\nsubject = \"IN\"\nclass = \"health\"\nallow = [\"EU\"]\n")).unwrap();
+    let mut status = 0;
+    for _ in 0..100 {
+        status = get(&gw.url("/api/records/in-5"), &[("authorization", &auth)]).await.status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200, "the new rule was not loaded");
+    let recs = records(&gw, "/api/records/in-5", 1).await;
+    let r = recs.iter().find(|r| r["status"] == 200).unwrap();
+    assert_eq!(r["policies"]["residency"]["rule"], "in-health-eu", "{r}");
+    assert_eq!(w.ash.requests.load(Ordering::SeqCst), 1, "only the US patient's request");
+}
+
 // ---------------------------------------------------------------------------
 // Property: over random regions files, pools, rules, claims and target
 // health, a request is only ever sent to a pool its rules permit; when none
