@@ -396,8 +396,14 @@ async fn editing_the_regions_file_reloads_the_rules() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(status, 200, "the new rule was not loaded");
-    let recs = records(&gw, "/api/records/in-5", 1).await;
-    let r = recs.iter().find(|r| r["status"] == 200).unwrap();
+    // Records are written as responses end: wait for the 200's own.
+    let mut ok = None;
+    eventually(Duration::from_secs(10), || {
+        ok = gw.audit_records().into_iter().find(|r| r["path"] == "/api/records/in-5" && r["status"] == 200);
+        ok.is_some()
+    })
+    .await;
+    let r = ok.expect("the 200's audit record");
     assert_eq!(r["policies"]["residency"]["rule"], "in-health-eu", "{r}");
     assert_eq!(w.ash.requests.load(Ordering::SeqCst), 1, "only the US patient's request");
 }
