@@ -18,3 +18,4 @@ pub mod reload;
 pub mod runtime;
 pub mod serve;
 pub mod snapshot;
+pub mod token_cache;

@@ -95,6 +95,10 @@ pub trait Env {
     fn now_ms(&mut self) -> u64;
     /// `host.pseudonym("subject", value)`.
     fn pseudonym(&mut self, value: &str) -> String;
+    /// `host.verified-token-cached(token)`.
+    fn token_cached(&mut self, token: &str) -> bool;
+    /// `host.verified-token-put(token, expires_ms)`.
+    fn token_verified(&mut self, token: &str, expires_ms: u64);
 }
 
 /// A decision with its audit fields.
@@ -131,6 +135,9 @@ pub fn decide(cfg: &Config, req: &RequestHead, env: &mut dyn Env) -> Decision {
     audit.push(("outcome".into(), "ok".into()));
     audit.push(("issuer".into(), id.issuer_id.clone()));
     audit.push(("alg".into(), alg_name(id.alg).into()));
+    if let Some(hit) = id.cached {
+        audit.push(("cache".into(), if hit { "hit" } else { "miss" }.into()));
+    }
     if let Some(sub) = &id.sub {
         audit.push(("subject".into(), env.pseudonym(sub)));
     }
@@ -284,6 +291,12 @@ impl Env for HostEnv {
     }
     fn pseudonym(&mut self, value: &str) -> String {
         portcullis_sdk::pseudonym("subject", value)
+    }
+    fn token_cached(&mut self, token: &str) -> bool {
+        portcullis_sdk::verified_token_cached(token)
+    }
+    fn token_verified(&mut self, token: &str, expires_ms: u64) {
+        portcullis_sdk::verified_token_put(token, expires_ms)
     }
 }
 
