@@ -569,4 +569,13 @@ chain = ["jwt"]
     let out = run_check(&path);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("setting \"issuers.a.jwks\": the gateway has no [[jwks]] entry for \"nobody\""), "{err}");
+    // The verified-token cache's settings, for the policy and for a route.
+    let big = hs.replace("[policies.jwt.settings.issuers.a]", "[policies.jwt.settings]\ncache-entries = 2000000\n[policies.jwt.settings.issuers.a]");
+    std::fs::write(&path, &big).unwrap();
+    let err = String::from_utf8_lossy(&run_check(&path).stderr).to_string();
+    assert!(err.contains("policies.jwt: check-config refused the settings: setting \"cache-entries\": at most 1000000 (0 turns the cache off)"), "{err}");
+    let route = hs.replace("chain = [\"jwt\"]", "chain = [\"jwt\"]\n[routes.settings.jwt]\ncache-max-ttl-ms = 10");
+    std::fs::write(&path, &route).unwrap();
+    let err = String::from_utf8_lossy(&run_check(&path).stderr).to_string();
+    assert!(err.contains("routes[0].settings.jwt: check-config refused the settings: setting \"cache-max-ttl-ms\": expected 1000..=3600000"), "{err}");
 }

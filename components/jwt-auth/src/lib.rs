@@ -13,6 +13,11 @@
 //! `wasi:random`): maps are `BTreeMap` (serde_json without
 //! `preserve_order`).
 //!
+//! Repeated tokens: with `cache-entries` > 0 (the default), a token that
+//! verified is remembered by the host (`host.verified-token-put`) and its
+//! next requests skip the key lookup and the signature check only; see
+//! `auth` for what is and is not re-checked on a hit.
+//!
 //! Answers: missing token → 401 `WWW-Authenticate: Bearer realm="…"`;
 //! invalid → 401 `Bearer realm="…", error="invalid_token",
 //! error_description="…"`; valid without a required role → 403
