@@ -19,3 +19,4 @@ pub mod residency;
 pub mod runtime;
 pub mod serve;
 pub mod snapshot;
+pub mod token_cache;

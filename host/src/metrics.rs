@@ -13,6 +13,8 @@
 //! | `portcullis_upstream_in_flight` | gauge | `pool`, `target` | requests at each upstream target, read at scrape time |
 //! | `portcullis_reloads_total` | counter | `result` (`ok`, `rejected`) | reloads, read from the reloader at scrape time |
 //! | `portcullis_chain_info` | gauge | `version` | 1 for the chain serving now |
+//! | `portcullis_token_cache_lookups_total` | counter | `policy`, `result` (`hit`, `miss`) | each `host.verified-token-cached` of a policy with a cache (`crate::token_cache`) |
+//! | `portcullis_token_cache_entries` | gauge | `policy` | entries in each policy's verified-token cache |
 //!
 //! The audit log's own counters (`portcullis_audit_*`: records written,
 //! fsynced, dropped) are appended by the admin listener from `crate::audit`.
@@ -43,6 +45,10 @@ pub struct Metrics {
     pub verdicts: IntCounterVec,
     /// `portcullis_policy_failures_total{policy,class}`.
     pub policy_failures: IntCounterVec,
+    /// `portcullis_token_cache_lookups_total{policy,result}`.
+    pub token_cache_lookups: IntCounterVec,
+    /// `portcullis_token_cache_entries{policy}`.
+    pub token_cache_entries: IntGaugeVec,
     upstream_in_flight: IntGaugeVec,
     reloads: IntCounterVec,
     chain_info: IntGaugeVec,
@@ -77,12 +83,16 @@ impl Metrics {
         registry.register(Box::new(upstream_in_flight.clone())).expect("registered once");
         let chain_info = IntGaugeVec::new(Opts::new("portcullis_chain_info", "The version of the chain serving now (value 1)."), &["version"]).expect("valid metric");
         registry.register(Box::new(chain_info.clone())).expect("registered once");
+        let token_cache_entries = IntGaugeVec::new(Opts::new("portcullis_token_cache_entries", "Entries in each policy's verified-token cache."), &["policy"]).expect("valid metric");
+        registry.register(Box::new(token_cache_entries.clone())).expect("registered once");
         Metrics {
             outcomes: counter("portcullis_request_outcomes_total", "Requests by how their response ended: ok, client-abort, upstream-error.", &["outcome"]),
             gateway_errors: counter("portcullis_gateway_errors_total", "Answers the gateway itself gave, by problem type.", &["error"]),
             verdicts: counter("portcullis_policy_verdicts_total", "Each policy's verdict per request: proceed, respond:<status>, failed:<class>, skipped.", &["policy", "verdict"]),
             policy_failures: counter("portcullis_policy_failures_total", "Policy calls that failed closed, by class: trap, deadline, memory-limit, contract, capacity.", &["policy", "class"]),
             reloads: counter("portcullis_reloads_total", "Reloads by result.", &["result"]),
+            token_cache_lookups: counter("portcullis_token_cache_lookups_total", "Verified-token cache lookups by policy and result: hit, miss.", &["policy", "result"]),
+            token_cache_entries,
             request_duration,
             in_flight,
             upstream_in_flight,

@@ -255,11 +255,14 @@ impl Snapshot {
         })
     }
 
-    /// Start background work of the snapshot (active health checks).
+    /// Start background work of the snapshot (active health checks) and
+    /// size the verified-token caches for its policies: called once the
+    /// snapshot is about to serve (at start-up, and when a reload commits).
     pub fn start(&self) {
         for pool in self.pools.values() {
             pool.spawn_health_checks();
         }
+        self.services.token_cache().configure(self.policies.values().map(|p| (p.name.clone(), crate::token_cache::entries_setting(&p.settings))));
     }
 }
 

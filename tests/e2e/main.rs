@@ -9,6 +9,7 @@ mod clients;
 mod hostile;
 mod policy_cases;
 mod jwt;
+mod jwt_cache;
 mod metrics;
 mod reload;
 mod residency;

@@ -13,6 +13,11 @@
 //! `wasi:random`): maps are `BTreeMap` (serde_json without
 //! `preserve_order`).
 //!
+//! Repeated tokens: with `cache-entries` > 0 (the default), a token that
+//! verified is remembered by the host (`host.verified-token-put`) and its
+//! next requests skip the key lookup and the signature check only; see
+//! `auth` for what is and is not re-checked on a hit.
+//!
 //! Answers: missing token → 401 `WWW-Authenticate: Bearer realm="…"`;
 //! invalid → 401 `Bearer realm="…", error="invalid_token",
 //! error_description="…"`; valid without a required role → 403
@@ -95,6 +100,10 @@ pub trait Env {
     fn now_ms(&mut self) -> u64;
     /// `host.pseudonym("subject", value)`.
     fn pseudonym(&mut self, value: &str) -> String;
+    /// `host.verified-token-cached(token)`.
+    fn token_cached(&mut self, token: &str) -> bool;
+    /// `host.verified-token-put(token, expires_ms)`.
+    fn token_verified(&mut self, token: &str, expires_ms: u64);
 }
 
 /// A decision with its audit fields.
@@ -131,6 +140,9 @@ pub fn decide(cfg: &Config, req: &RequestHead, env: &mut dyn Env) -> Decision {
     audit.push(("outcome".into(), "ok".into()));
     audit.push(("issuer".into(), id.issuer_id.clone()));
     audit.push(("alg".into(), alg_name(id.alg).into()));
+    if let Some(hit) = id.cached {
+        audit.push(("cache".into(), if hit { "hit" } else { "miss" }.into()));
+    }
     if let Some(sub) = &id.sub {
         audit.push(("subject".into(), env.pseudonym(sub)));
     }
@@ -287,6 +299,12 @@ impl Env for HostEnv {
     }
     fn pseudonym(&mut self, value: &str) -> String {
         portcullis_sdk::pseudonym("subject", value)
+    }
+    fn token_cached(&mut self, token: &str) -> bool {
+        portcullis_sdk::verified_token_cached(token)
+    }
+    fn token_verified(&mut self, token: &str, expires_ms: u64) {
+        portcullis_sdk::verified_token_put(token, expires_ms)
     }
 }
 

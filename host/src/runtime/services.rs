@@ -4,6 +4,7 @@
 
 use super::bindings::portcullis::gateway::types;
 use crate::jwks::{JwksCache, JwksLookupError};
+use crate::token_cache::TokenCache;
 use hmac::{Hmac, KeyInit, Mac};
 use std::sync::Arc;
 use sha2::Sha256;
@@ -13,6 +14,9 @@ pub struct Services {
     pseudonym_key: Vec<u8>,
     /// Key sets per issuer (`[[jwks]]`); swapped whole on reload.
     jwks: arc_swap::ArcSwap<JwksCache>,
+    /// Tokens policies verified (`host.verified-token-*`); outlives reloads
+    /// (its entries are scoped by settings and key generation).
+    token_cache: Arc<TokenCache>,
 }
 
 impl Services {
@@ -24,7 +28,12 @@ impl Services {
             k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
             k
         });
-        Services { pseudonym_key: key, jwks: arc_swap::ArcSwap::from_pointee(JwksCache::empty()) }
+        Services { pseudonym_key: key, jwks: arc_swap::ArcSwap::from_pointee(JwksCache::empty()), token_cache: Arc::new(TokenCache::new()) }
+    }
+
+    /// The verified-token cache.
+    pub fn token_cache(&self) -> &Arc<TokenCache> {
+        &self.token_cache
     }
 
     /// These services with the `[[jwks]]` key sets.
