@@ -7,6 +7,12 @@
 //! no network is involved. The `missing token` row is the floor: the same
 //! call without any verification.
 //!
+//! Three columns per algorithm (the verified-token cache, `crate::token_cache`):
+//! **no cache** (a route with `cache-entries = 0`: every request verifies),
+//! **cache hit** (the same token again: the signature check is skipped,
+//! everything else runs) and **cache miss** (a new token each call: verify,
+//! then put).
+//!
 //! Usage: cargo bench --profile perf -p portcullis --bench jwt -- [iterations]   (default 2000)
 //! (`PORTCULLIS_BENCH_JWT_WASM=path.wasm` measures another build of the component.)
 
@@ -135,6 +141,14 @@ name = "clinical"
 path = "/api/clinical"
 pools = ["clinical"]
 chain = ["jwt"]
+
+[[routes]]
+name = "nocache"
+path = "/api/nocache"
+pools = ["clinical"]
+chain = ["jwt"]
+[routes.settings.jwt]
+cache-entries = 0
 "#,
         // An override for trying other builds of the component (profiles, allocators).
         std::env::var("PORTCULLIS_BENCH_JWT_WASM").unwrap_or_else(|_| env!("PORTCULLIS_JWT_AUTH_WASM").to_string())
@@ -143,38 +157,62 @@ chain = ["jwt"]
     std::fs::write(&path, config).unwrap();
     let source = Source::read(&path).unwrap();
     let snap = Arc::new(portcullis::serve::load(&source).await.unwrap_or_else(|e| panic!("{e}")));
-    let link = &snap.routes["clinical"].chain[0];
+    snap.start(); // sizes the verified-token caches, as `serve` does
+    let cached = &snap.routes["clinical"].chain[0];
+    let uncached = &snap.routes["nocache"].chain[0];
 
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let claims = json!({
         "iss": ISS, "sub": "doctor-7", "aud": "procare-api", "exp": now + 3600, "iat": now,
         "realm_access": {"roles": ["doctor"]}, "region": "eu-central", "email": "d7@procare.test",
     });
-    let mut cases: Vec<(String, types::RequestHead)> = vec![("missing token (floor: instantiate + settings + 401)".into(), head(None))];
-    for (alg, key, jwk) in &keys {
-        let mut h = JwtHeader::new(*alg);
-        h.kid = jwk["kid"].as_str().map(str::to_string);
-        let token = jsonwebtoken::encode(&h, &claims, key).unwrap();
-        cases.push((format!("{alg:?}"), head(Some(&token))));
-    }
+    // Tokens that differ only in `jti`, for the miss column: each verifies once.
+    let misses = (iterations / 4).clamp(50, 500);
+    let sign = |alg: Algorithm, key: &EncodingKey, kid: &Value, jti: Option<u32>| {
+        let mut h = JwtHeader::new(alg);
+        h.kid = kid.as_str().map(str::to_string);
+        let mut c = claims.clone();
+        if let Some(j) = jti {
+            c["jti"] = json!(format!("bench-{j}"));
+        }
+        jsonwebtoken::encode(&h, &c, key).unwrap()
+    };
 
-    println!("jwt-auth, fresh instance per call: Store::new + instantiate + on-request + drop ({iterations} iterations, one thread)");
-    println!("| token | µs per call | verdict |");
-    println!("|---|---|---|");
-    for (name, h) in &cases {
-        let verdict = match once(&snap, link, h).await {
-            types::Verdict::Proceed(_) => "proceed".to_string(),
-            types::Verdict::Respond(r) => format!("respond {}", r.status),
-        };
-        for _ in 0..(iterations / 10).max(10) {
-            once(&snap, link, h).await;
-        }
-        let start = Instant::now();
-        for _ in 0..iterations {
-            std::hint::black_box(once(&snap, link, h).await);
-        }
-        let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations);
-        println!("| {name} | {us:.1} | {verdict} |");
+    println!("jwt-auth, fresh instance per call: Store::new + instantiate + on-request + drop, µs per call ({iterations} iterations; miss: {misses} distinct tokens; one thread)");
+    println!("| token | no cache | cache hit | cache miss (verify + put) | verdict |");
+    println!("|---|---:|---:|---:|---|");
+    let floor = measure(&snap, uncached, std::slice::from_ref(&head(None)), iterations).await;
+    println!("| missing token (floor: instantiate + settings + 401) | {floor:.1} | – | – | {} |", verdict(&snap, uncached, &head(None)).await);
+    for (alg, key, jwk) in &keys {
+        let same = head(Some(&sign(*alg, key, &jwk["kid"], None)));
+        let fresh: Vec<_> = (0..misses).map(|j| head(Some(&sign(*alg, key, &jwk["kid"], Some(j))))).collect();
+        let none = measure(&snap, uncached, std::slice::from_ref(&same), iterations).await;
+        let hit = measure(&snap, cached, std::slice::from_ref(&same), iterations).await;
+        let miss = measure(&snap, cached, &fresh, 0).await;
+        println!("| {alg:?} | {none:.1} | {hit:.1} | {miss:.1} | {} |", verdict(&snap, cached, &same).await);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn verdict(snap: &Snapshot, link: &Link, head: &types::RequestHead) -> String {
+    match once(snap, link, head).await {
+        types::Verdict::Proceed(_) => "proceed".to_string(),
+        types::Verdict::Respond(r) => format!("respond {}", r.status),
+    }
+}
+
+/// µs per call: `iterations` calls cycling through `heads` after a warm-up;
+/// with `iterations` 0, each head once and no warm-up (every call a first).
+async fn measure(snap: &Snapshot, link: &Link, heads: &[types::RequestHead], iterations: u32) -> f64 {
+    let n = if iterations == 0 { heads.len() } else { iterations as usize };
+    if iterations > 0 {
+        for i in 0..(n / 10).max(10) {
+            once(snap, link, &heads[i % heads.len()]).await;
+        }
+    }
+    let start = Instant::now();
+    for i in 0..n {
+        std::hint::black_box(once(snap, link, &heads[i % heads.len()]).await);
+    }
+    start.elapsed().as_secs_f64() * 1e6 / n as f64
 }

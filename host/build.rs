@@ -6,10 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Guests to build, by crate name.
-const GUESTS: &[&str] = &["router", "test-policy", "security-headers", "rate-limit"];
 /// Guests that link std (built in a cargo run of their own, see `main`).
+/// Every other member of the components workspace but the SDK is a no_std
+/// guest: the workspace's `members` list is the one list of guests.
 const STD_GUESTS: &[&str] = &["jwt-auth"];
+/// Members of the components workspace that are not guests.
+const NOT_GUESTS: &[&str] = &["sdk"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -23,17 +25,28 @@ fn main() {
     // Two cargo runs, so that cargo features do not unify across them: the
     // no_std guests use the SDK's `allocator` feature (bump allocator, panic
     // handler, cabi_realloc); std guests must not get it (std provides those).
-    build_guests(&components, &target_dir, GUESTS, 16 * 1024);
+    let members = workspace_members(&components.join("Cargo.toml"));
+    let guests: Vec<&str> = members.iter().map(String::as_str).filter(|m| !NOT_GUESTS.contains(m) && !STD_GUESTS.contains(m)).collect();
+    build_guests(&components, &target_dir, &guests, 16 * 1024);
     // jsonwebtoken's guests parse JSON recursively (serde_json: up to 128
     // levels) and keep big numbers on the stack: a 16 KiB stack overflows
     // (a trap, so a 500) on a token with deeply nested claims.
     build_guests(&components, &target_dir, STD_GUESTS, 256 * 1024);
-    for p in GUESTS.iter().chain(STD_GUESTS) {
+    for p in guests.iter().chain(STD_GUESTS) {
         let file = target_dir.join("wasm32-wasip2/release").join(format!("{}.wasm", p.replace('-', "_")));
         assert!(file.exists(), "missing {}", file.display());
         let var = format!("PORTCULLIS_{}_WASM", p.replace('-', "_").to_ascii_uppercase());
         println!("cargo:rustc-env={var}={}", file.display());
     }
+}
+
+/// The `members` of the components workspace (`members = ["sdk", ...]` on
+/// one or more lines of components/Cargo.toml).
+fn workspace_members(manifest: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(manifest).expect("read components/Cargo.toml");
+    let start = text.find("members").and_then(|i| text[i..].find('[').map(|j| i + j + 1)).expect("components/Cargo.toml has no members list");
+    let end = start + text[start..].find(']').expect("components/Cargo.toml: unterminated members list");
+    text[start..end].split(',').map(|m| m.trim().trim_matches('"').to_string()).filter(|m| !m.is_empty()).collect()
 }
 
 fn build_guests(components: &Path, target_dir: &Path, guests: &[&str], stack_size: usize) {

@@ -34,6 +34,12 @@
 //!   unknown kid).
 //! * Only `http://` URLs: this build has no TLS client. Serve the JWKS over
 //!   a private network, or use `file`.
+//! * **Key generation** ([`JwksCache::key_generation`]): changes whenever
+//!   the keys a policy could verify with change — a fetch that brings a
+//!   different set, or a reload that changes any `[[jwks]]` source (a file's
+//!   content, an entry added or removed). The verified-token cache
+//!   (`crate::token_cache`) scopes its entries by it, so a key the issuer
+//!   withdrew never keeps a cached token passing.
 
 use crate::config::{Config, ConfigError, ConfigErrors, Source};
 use bytes::Bytes;
@@ -44,6 +50,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use toml::Spanned;
@@ -242,6 +249,8 @@ struct State {
 }
 
 struct Issuer {
+    /// Unique in the process: tells a carried-over issuer from a new one.
+    id: u64,
     name: String,
     /// The settings of a URL source, to tell an unchanged entry on reload.
     fingerprint: String,
@@ -259,7 +268,15 @@ struct Issuer {
 #[derive(Default)]
 pub struct JwksCache {
     issuers: BTreeMap<String, Arc<Issuer>>,
+    /// Digest of the sources: each issuer's name with its static set's
+    /// content, or the id of its URL issuer (whose fetches count in [`FETCHED_CHANGES`]).
+    sources: u64,
 }
+
+/// Key sets that a fetch changed, in the whole process.
+static FETCHED_CHANGES: AtomicU64 = AtomicU64::new(0);
+/// Issuer ids.
+static NEXT_ISSUER: AtomicU64 = AtomicU64::new(1);
 
 impl std::fmt::Debug for JwksCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -341,6 +358,7 @@ impl JwksCache {
                 continue; // reported by validate
             };
             let issuer = Arc::new(Issuer {
+                id: NEXT_ISSUER.fetch_add(1, Ordering::Relaxed),
                 name: j.issuer.get_ref().clone(),
                 fingerprint,
                 origin,
@@ -364,7 +382,8 @@ impl JwksCache {
                 spawn_refresher(issuer);
             }
         }
-        Ok(JwksCache { issuers })
+        let sources = sources_digest(&issuers);
+        Ok(JwksCache { issuers, sources })
     }
 
     /// The key set for `request`: `"<issuer>"`, or `"<issuer>#kid=<kid>"`
@@ -380,10 +399,38 @@ impl JwksCache {
         issuer.get(kid).await
     }
 
+    /// Changes whenever the keys a policy could get from this cache change:
+    /// another set of sources (a reload), or a fetch that brought other keys.
+    pub fn key_generation(&self) -> [u64; 2] {
+        [self.sources, FETCHED_CHANGES.load(Ordering::Acquire)]
+    }
+
     /// Fetches started so far for `issuer` (tests, metrics).
     pub fn fetches(&self, issuer: &str) -> u64 {
         self.issuers.get(issuer).map_or(0, |i| i.state.lock().unwrap().fetches)
     }
+}
+
+/// See [`JwksCache::sources`].
+fn sources_digest(issuers: &BTreeMap<String, Arc<Issuer>>) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (name, issuer) in issuers {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        match (&issuer.origin, &issuer.state.lock().unwrap().keys) {
+            (Origin::Static, Some(keys)) => {
+                h.update(b"s");
+                h.update((keys.full.len() as u64).to_le_bytes());
+                h.update(keys.full.as_bytes());
+            }
+            _ => {
+                h.update(b"u");
+                h.update(issuer.id.to_le_bytes());
+            }
+        }
+    }
+    u64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
 }
 
 impl Issuer {
@@ -453,7 +500,13 @@ impl Issuer {
                         if st.last_error.is_some() {
                             tracing::info!(issuer = %this.name, keys = set.count, "JWKS fetched again after failures");
                         }
+                        let changed = st.keys.as_ref().is_none_or(|old| old.full != set.full);
                         st.keys = Some(Arc::new(set));
+                        if changed {
+                            // After the store, under the lock: whoever sees
+                            // the new generation gets the new keys.
+                            FETCHED_CHANGES.fetch_add(1, Ordering::AcqRel);
+                        }
                         st.last_error = None;
                         st.failures = 0;
                     }
@@ -742,6 +795,42 @@ mod tests {
         assert!(!Arc::ptr_eq(&second.issuers["https://idp.test"], &third.issuers["https://idp.test"]));
         third.get("https://idp.test#kid=a").await.unwrap();
         assert_eq!(server.hits.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_key_generation_moves_with_the_keys() {
+        let server = Server::start(&set(&["a"]), Duration::ZERO).await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("jwks.json"), set(&["f"])).unwrap();
+        let text = format!("{}[[jwks]]\nissuer = \"files\"\nfile = \"jwks.json\"\n", url_entry(&server, 100));
+        let src = source(dir.path(), &text);
+        let cfg = crate::config::parse(&src).unwrap();
+        let first = JwksCache::load(&src, &cfg.jwks, None).unwrap();
+        first.get("https://idp.test#kid=a").await.unwrap();
+        let g1 = first.key_generation();
+        // The same sources, reloaded: the same generation.
+        let second = JwksCache::load(&src, &cfg.jwks, Some(&first)).unwrap();
+        assert_eq!(second.key_generation(), g1);
+        // A key file with other keys: another one.
+        std::fs::write(dir.path().join("jwks.json"), set(&["f", "g"])).unwrap();
+        let third = JwksCache::load(&src, &cfg.jwks, Some(&second)).unwrap();
+        assert_ne!(third.key_generation()[0], g1[0]);
+        // An entry removed: another one.
+        let src_one = source(dir.path(), &url_entry(&server, 100));
+        let fourth = JwksCache::load(&src_one, &crate::config::parse(&src_one).unwrap().jwks, Some(&third)).unwrap();
+        assert_ne!(fourth.key_generation()[0], third.key_generation()[0]);
+        // A fetch that brings the same keys leaves the sources alone; one
+        // that brings other keys moves the fetch count (process-wide: other
+        // tests move it too, so only its growth is checked).
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let before = fourth.key_generation();
+        fourth.get("https://idp.test#kid=unknown").await.unwrap(); // refetch, same set
+        assert_eq!(server.hits.load(Ordering::SeqCst), 2);
+        assert_eq!(fourth.key_generation()[0], before[0]);
+        *server.doc.lock().unwrap() = set(&["b"]);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        fourth.get("https://idp.test#kid=b").await.unwrap();
+        assert!(fourth.key_generation()[1] > before[1], "a changed set moves the generation");
     }
 
     #[test]

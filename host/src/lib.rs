@@ -16,6 +16,8 @@ pub mod pool;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
+pub mod residency;
 pub mod runtime;
 pub mod serve;
 pub mod snapshot;
+pub mod token_cache;

@@ -17,6 +17,8 @@
 //! | `portcullis_rate_limit_redis_errors_total` | counter | | shared-limit calls Redis did not answer (error or timeout) |
 //! | `portcullis_rate_limit_redis_up` | gauge | | 1 when the last shared-limit call reached Redis, 0 when not (absent without `[shared_limits]`), read at scrape time |
 //! | `portcullis_rate_limit_keys` | gauge | `limit` | keys held by each limit's local store, read at scrape time |
+//! | `portcullis_token_cache_lookups_total` | counter | `policy`, `result` (`hit`, `miss`) | each `host.verified-token-cached` of a policy with a cache (`crate::token_cache`) |
+//! | `portcullis_token_cache_entries` | gauge | `policy` | entries in each policy's verified-token cache |
 //!
 //! The audit log's own counters (`portcullis_audit_*`: records written,
 //! fsynced, dropped) are appended by the admin listener from `crate::audit`.
@@ -47,6 +49,10 @@ pub struct Metrics {
     pub verdicts: IntCounterVec,
     /// `portcullis_policy_failures_total{policy,class}`.
     pub policy_failures: IntCounterVec,
+    /// `portcullis_token_cache_lookups_total{policy,result}`.
+    pub token_cache_lookups: IntCounterVec,
+    /// `portcullis_token_cache_entries{policy}`.
+    pub token_cache_entries: IntGaugeVec,
     upstream_in_flight: IntGaugeVec,
     reloads: IntCounterVec,
     chain_info: IntGaugeVec,
@@ -94,6 +100,8 @@ impl Metrics {
         };
         let rate_limit_redis_errors = prometheus::IntCounter::new("portcullis_rate_limit_redis_errors_total", "Shared-limit calls Redis did not answer (error or timeout).").expect("valid metric");
         registry.register(Box::new(rate_limit_redis_errors.clone())).expect("registered once");
+        let token_cache_entries = IntGaugeVec::new(Opts::new("portcullis_token_cache_entries", "Entries in each policy's verified-token cache."), &["policy"]).expect("valid metric");
+        registry.register(Box::new(token_cache_entries.clone())).expect("registered once");
         Metrics {
             rate_limit_decisions: counter("portcullis_rate_limit_decisions_total", "Rate acquisitions by limit, source (local, shared, local-fallback) and outcome (allowed, limited, unavailable).", &["limit", "source", "outcome"]),
             rate_limit_redis_errors,
@@ -104,6 +112,8 @@ impl Metrics {
             verdicts: counter("portcullis_policy_verdicts_total", "Each policy's verdict per request: proceed, respond:<status>, failed:<class>, skipped.", &["policy", "verdict"]),
             policy_failures: counter("portcullis_policy_failures_total", "Policy calls that failed closed, by class: trap, deadline, memory-limit, contract, capacity.", &["policy", "class"]),
             reloads: counter("portcullis_reloads_total", "Reloads by result.", &["result"]),
+            token_cache_lookups: counter("portcullis_token_cache_lookups_total", "Verified-token cache lookups by policy and result: hit, miss.", &["policy", "result"]),
+            token_cache_entries,
             request_duration,
             in_flight,
             upstream_in_flight,

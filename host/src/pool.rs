@@ -94,7 +94,7 @@ impl Pool {
             .build(connector);
         Pool {
             name: cfg.name.get_ref().clone(),
-            region: cfg.region.clone(),
+            region: cfg.region.as_ref().map(|r| r.get_ref().clone()),
             targets: cfg.targets.iter().map(|t| Arc::new(Target::new(t.get_ref().clone()))).collect(),
             balance: cfg.balance,
             next: AtomicUsize::new(0),

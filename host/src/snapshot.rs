@@ -57,6 +57,11 @@ pub struct RouteEntry {
     pub websocket: bool,
     /// When its audit record must be on disk (`durable` / `async`).
     pub audit: crate::audit::Durability,
+    /// The policy that must narrow this route's pools (`<name>.pools`)
+    /// before anything is forwarded: the residency policy, when
+    /// `[residency]` is configured. Without that fact the request fails
+    /// closed, so a policy that forgot to decide cannot let data through.
+    pub narrowed_by: Option<String>,
 }
 
 /// One listener to bind.
@@ -119,6 +124,13 @@ impl Snapshot {
         // Reference errors do not stop the components from being loaded and
         // checked: an operator sees every problem of the file in one run.
         let mut errors = config::validate(source, &config).err().map(|e| e.0).unwrap_or_default();
+        let residency = crate::residency::load(source, &config).unwrap_or_else(|mut e| {
+            errors.append(&mut e);
+            None
+        });
+        // Without a valid regions file the residency policy has no derived
+        // settings; its check-config would only repeat the errors above.
+        let unchecked = |name: &str| residency.is_none() && config.residency.as_ref().is_some_and(|r| r.policy.get_ref() == name);
 
         let mut policies = BTreeMap::new();
         let mut digests = Vec::new();
@@ -127,6 +139,9 @@ impl Snapshot {
             let mut flat = flatten(&def.settings);
             if *name == router_name {
                 flat.insert("table".into(), render_route_table(&config));
+            }
+            if let Some(r) = residency.as_ref().filter(|r| r.policy == *name) {
+                flat.extend(r.policy_settings(&config.pools));
             }
             match load_component(source, &runtime, name, def) {
                 Ok(module) => {
@@ -144,6 +159,9 @@ impl Snapshot {
         // check-config and hooks, for the policy's own settings and for every route override.
         let mut checked: HashMap<String, Hooks> = HashMap::new();
         for (name, p) in &policies {
+            if unchecked(name) {
+                continue;
+            }
             match check(&runtime, &services, p, None).await {
                 Ok(hooks) => {
                     checked.insert(name.clone(), hooks);
@@ -158,6 +176,7 @@ impl Snapshot {
                 let Some(policy) = policies.get(c.get_ref()) else { continue };
                 let overrides = r.settings.get(c.get_ref()).map(|t| Arc::new(flatten(t)));
                 let hooks = match &overrides {
+                    _ if unchecked(c.get_ref()) => None,
                     None => checked.get(c.get_ref()).copied(),
                     Some(o) => match check(&runtime, &services, policy, Some(o.clone())).await {
                         Ok(h) => Some(h),
@@ -180,6 +199,7 @@ impl Snapshot {
                     body_limit: r.body_limit.unwrap_or(config.gateway.max_request_body).0,
                     websocket: r.websocket,
                     audit: r.audit.or(config.audit.as_ref().map(|a| a.mode)).unwrap_or_default(),
+                    narrowed_by: residency.as_ref().map(|r| r.policy.clone()),
                 },
             );
         }
@@ -191,6 +211,9 @@ impl Snapshot {
 
         let mut hasher = Sha256::new();
         hasher.update(source.text.as_bytes());
+        if let Some(r) = &residency {
+            hasher.update(r.text.as_bytes());
+        }
         for d in &digests {
             hasher.update(d.as_bytes());
         }
@@ -224,6 +247,7 @@ impl Snapshot {
             admin: config.admin.clone(),
             watch_paths: std::iter::once(source.file.clone())
                 .chain(config.policies.values().filter(|d| !d.component.get_ref().starts_with("builtin:")).map(|d| source.resolve(d.component.get_ref())))
+                .chain(residency.as_ref().map(|r| r.file.clone()))
                 .collect(),
             watch: config.gateway.watch,
             shutdown_grace: std::time::Duration::from_millis(config.gateway.shutdown_grace_ms),
@@ -231,11 +255,14 @@ impl Snapshot {
         })
     }
 
-    /// Start background work of the snapshot (active health checks).
+    /// Start background work of the snapshot (active health checks) and
+    /// size the verified-token caches for its policies: called once the
+    /// snapshot is about to serve (at start-up, and when a reload commits).
     pub fn start(&self) {
         for pool in self.pools.values() {
             pool.spawn_health_checks();
         }
+        self.services.token_cache().configure(self.policies.values().map(|p| (p.name.clone(), crate::token_cache::entries_setting(&p.settings))));
     }
 }
 

@@ -16,9 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The jwt-auth component (see components/jwt-auth).
 pub const JWT_AUTH: &str = env!("PORTCULLIS_JWT_AUTH_WASM");
-const ISS: &str = "https://auth.procare.test/realms/procare";
+pub(crate) const ISS: &str = "https://auth.procare.test/realms/procare";
 const HS_ISS: &str = "prescripcare";
-const HS_SECRET: &[u8] = b"prescripcare-shared-secret-0123456789abcdef";
+pub(crate) const HS_SECRET: &[u8] = b"prescripcare-shared-secret-0123456789abcdef";
 
 // ---------------------------------------------------------------------------
 // Keys and tokens.
@@ -88,7 +88,7 @@ pub fn jwks_of(keys: &[&Key]) -> String {
 }
 
 /// A token put together by hand: any header, any claims, any signature.
-fn forge(header: &Value, claims: &Value, sig: &[u8]) -> String {
+pub(crate) fn forge(header: &Value, claims: &Value, sig: &[u8]) -> String {
     format!("{}.{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()), b64(sig))
 }
 
@@ -156,7 +156,7 @@ impl JwksServer {
 
 /// The gateway config: procare (RS256, ES256, EdDSA from the JWKS server)
 /// and prescripcare (HS256 from a secret file), and routes for each mode.
-fn config(up: &Upstream, jwks: &JwksServer, extra_head: &str, jwks_tuning: &str) -> String {
+pub(crate) fn config(up: &Upstream, jwks: &JwksServer, extra_head: &str, jwks_tuning: &str) -> String {
     let mut c = config_head();
     c.push_str(extra_head);
     c.push_str(&format!(
@@ -267,14 +267,14 @@ fn log_of(gw: &Gateway) -> String {
     std::fs::read_to_string(gw.dir().join("gateway.log")).unwrap_or_default()
 }
 
-async fn call(gw: &Gateway, path: &str, token: &str) -> Answer {
+pub(crate) async fn call(gw: &Gateway, path: &str, token: &str) -> Answer {
     let auth = format!("Bearer {token}");
     get(&gw.url(path), &[("authorization", auth.as_str())]).await
 }
 
 /// A 401 with `invalid_token` and this description.
 #[track_caller]
-fn assert_invalid(a: &Answer, description: &str) {
+pub(crate) fn assert_invalid(a: &Answer, description: &str) {
     assert_problem(a, 401);
     assert_eq!(
         a.header("www-authenticate"),
@@ -295,7 +295,7 @@ fn keys() -> Keys {
     Keys { rsa: Key::rsa("rsa-1"), ec: Key::ec("ec-1"), ed: Key::ed("ed-1"), hs: Key::hs("rx-1", HS_SECRET) }
 }
 
-const TUNING: &str = "refresh_ms = 600000\nmin_refetch_interval_ms = 200\ntimeout_ms = 2000";
+pub(crate) const TUNING: &str = "refresh_ms = 600000\nmin_refetch_interval_ms = 200\ntimeout_ms = 2000";
 
 // ---------------------------------------------------------------------------
 
@@ -569,4 +569,13 @@ chain = ["jwt"]
     let out = run_check(&path);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("setting \"issuers.a.jwks\": the gateway has no [[jwks]] entry for \"nobody\""), "{err}");
+    // The verified-token cache's settings, for the policy and for a route.
+    let big = hs.replace("[policies.jwt.settings.issuers.a]", "[policies.jwt.settings]\ncache-entries = 2000000\n[policies.jwt.settings.issuers.a]");
+    std::fs::write(&path, &big).unwrap();
+    let err = String::from_utf8_lossy(&run_check(&path).stderr).to_string();
+    assert!(err.contains("policies.jwt: check-config refused the settings: setting \"cache-entries\": at most 1000000 (0 turns the cache off)"), "{err}");
+    let route = hs.replace("chain = [\"jwt\"]", "chain = [\"jwt\"]\n[routes.settings.jwt]\ncache-max-ttl-ms = 10");
+    std::fs::write(&path, &route).unwrap();
+    let err = String::from_utf8_lossy(&run_check(&path).stderr).to_string();
+    assert!(err.contains("routes[0].settings.jwt: check-config refused the settings: setting \"cache-max-ttl-ms\": expected 1000..=3600000"), "{err}");
 }

@@ -44,6 +44,10 @@ pub struct Issuer {
     pub roles_claim: String,
     /// Claim path of the data subject's region, for `jwt.region`.
     pub region_claim: Option<String>,
+    /// Claim path of the subject's recorded consents (an array of strings or
+    /// a space-separated string), for `jwt.consent` (the residency policy's
+    /// consent rules read it).
+    pub consent_claim: Option<String>,
 }
 
 /// The parsed settings.
@@ -69,6 +73,13 @@ pub struct Config {
     pub claim_headers: Vec<(String, String)>,
     /// Longest token accepted, bytes.
     pub max_token_bytes: usize,
+    /// Use the host's verified-token cache (`cache-entries` > 0). The host
+    /// sizes the cache from the policy's own `cache-entries`; a route can
+    /// turn the cache off for itself with `cache-entries = 0`.
+    pub cache: bool,
+    /// Longest a verified token is remembered, ms (`cache-max-ttl-ms`),
+    /// and never past its `exp`.
+    pub cache_max_ttl_ms: u64,
     /// Trusted issuers.
     pub issuers: Vec<Issuer>,
 }
@@ -111,6 +122,14 @@ pub const MAX_LEEWAY_MS: u64 = 5 * 60 * 1000;
 const DEFAULT_LEEWAY_MS: u64 = 30_000;
 const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 const MAX_MAX_TOKEN_BYTES: usize = 64 * 1024;
+/// Entries of the verified-token cache by default (the host's default too).
+pub const DEFAULT_CACHE_ENTRIES: u64 = 10_000;
+/// Most entries the host keeps for one policy.
+pub const MAX_CACHE_ENTRIES: u64 = 1_000_000;
+/// How long a verified token is remembered by default, ms.
+pub const DEFAULT_CACHE_MAX_TTL_MS: u64 = 5 * 60 * 1000;
+/// The longest `cache-max-ttl-ms` (the host's own cap), ms.
+pub const MAX_CACHE_MAX_TTL_MS: u64 = 60 * 60 * 1000;
 
 const TOP_KEYS: &[&str] = &[
     "namespace",
@@ -123,6 +142,8 @@ const TOP_KEYS: &[&str] = &[
     "roles-header",
     "claim-headers.<header>",
     "max-token-bytes",
+    "cache-entries",
+    "cache-max-ttl-ms",
     "issuers.<id>",
 ];
 const ISSUER_KEYS: &[&str] = &[
@@ -135,6 +156,7 @@ const ISSUER_KEYS: &[&str] = &[
     "max-age-ms",
     "roles-claim",
     "region-claim",
+    "consent-claim",
 ];
 
 fn quoted(s: &str) -> String {
@@ -266,6 +288,21 @@ impl Config {
             None => DEFAULT_MAX_TOKEN_BYTES,
         };
 
+        let cache_entries = match top.get("cache-entries") {
+            Some(v) => parse_u64("cache-entries", v)?,
+            None => DEFAULT_CACHE_ENTRIES,
+        };
+        if cache_entries > MAX_CACHE_ENTRIES {
+            return Err(err("cache-entries", format!("at most {MAX_CACHE_ENTRIES} (0 turns the cache off)")));
+        }
+        let cache_max_ttl_ms = match top.get("cache-max-ttl-ms") {
+            Some(v) => parse_u64("cache-max-ttl-ms", v)?,
+            None => DEFAULT_CACHE_MAX_TTL_MS,
+        };
+        if !(1000..=MAX_CACHE_MAX_TTL_MS).contains(&cache_max_ttl_ms) {
+            return Err(err("cache-max-ttl-ms", format!("expected 1000..={MAX_CACHE_MAX_TTL_MS} (1 s to 1 hour)")));
+        }
+
         if issuers.is_empty() {
             return Err(err("issuers", "at least one issuer is required, e.g. issuers.procare.issuer = \"https://auth.example.org\""));
         }
@@ -340,6 +377,12 @@ impl Config {
             {
                 return Err(err(&key("region-claim"), format!("not a claim path: {}", quoted(r))));
             }
+            let consent_claim = fields.get("consent-claim").map(|r| r.to_string());
+            if let Some(r) = &consent_claim
+                && !valid_claim_path(r)
+            {
+                return Err(err(&key("consent-claim"), format!("not a claim path: {}", quoted(r))));
+            }
             if parsed.iter().any(|i: &Issuer| i.issuer == issuer) {
                 return Err(err(&key("issuer"), format!("issuer {} is configured twice", quoted(&issuer))));
             }
@@ -354,6 +397,7 @@ impl Config {
                 max_age_ms,
                 roles_claim,
                 region_claim,
+                consent_claim,
             });
         }
         Ok(Config {
@@ -367,6 +411,8 @@ impl Config {
             roles_header,
             claim_headers,
             max_token_bytes,
+            cache: cache_entries > 0,
+            cache_max_ttl_ms,
             issuers: parsed,
         })
     }

@@ -2,7 +2,7 @@
 //! PS256/384/512, ES256/384, EdDSA, HS256/384/512; never `none`) with the
 //! `jsonwebtoken` crate, against keys from the host's JWKS cache
 //! (`io.jwks`), and turns the claims into facts (`<ns>.sub`, `<ns>.iss`,
-//! `<ns>.roles`, `<ns>.region`) and upstream headers (`x-subject`,
+//! `<ns>.roles`, `<ns>.region`, `<ns>.consent`) and upstream headers (`x-subject`,
 //! `x-roles`, ...). See the README, "Policy: jwt-auth", for the settings.
 //!
 //! A std guest (jsonwebtoken needs std), built so that the normal path calls
@@ -12,6 +12,11 @@
 //! no std `HashMap`/`HashSet` is built (their `RandomState` seeds from
 //! `wasi:random`): maps are `BTreeMap` (serde_json without
 //! `preserve_order`).
+//!
+//! Repeated tokens: with `cache-entries` > 0 (the default), a token that
+//! verified is remembered by the host (`host.verified-token-put`) and its
+//! next requests skip the key lookup and the signature check only; see
+//! `auth` for what is and is not re-checked on a hit.
 //!
 //! Answers: missing token → 401 `WWW-Authenticate: Bearer realm="…"`;
 //! invalid → 401 `Bearer realm="…", error="invalid_token",
@@ -95,6 +100,10 @@ pub trait Env {
     fn now_ms(&mut self) -> u64;
     /// `host.pseudonym("subject", value)`.
     fn pseudonym(&mut self, value: &str) -> String;
+    /// `host.verified-token-cached(token)`.
+    fn token_cached(&mut self, token: &str) -> bool;
+    /// `host.verified-token-put(token, expires_ms)`.
+    fn token_verified(&mut self, token: &str, expires_ms: u64);
 }
 
 /// A decision with its audit fields.
@@ -131,6 +140,9 @@ pub fn decide(cfg: &Config, req: &RequestHead, env: &mut dyn Env) -> Decision {
     audit.push(("outcome".into(), "ok".into()));
     audit.push(("issuer".into(), id.issuer_id.clone()));
     audit.push(("alg".into(), alg_name(id.alg).into()));
+    if let Some(hit) = id.cached {
+        audit.push(("cache".into(), if hit { "hit" } else { "miss" }.into()));
+    }
     if let Some(sub) = &id.sub {
         audit.push(("subject".into(), env.pseudonym(sub)));
     }
@@ -197,6 +209,9 @@ fn identity_edits(cfg: &Config, id: &Identity) -> Result<Edits, Failure> {
     }
     if let Some(region) = &id.region {
         e = e.fact(format!("{ns}.region"), region.clone());
+    }
+    if let Some(consent) = &id.consent {
+        e = e.fact(format!("{ns}.consent"), list::encode(consent));
     }
     let mut headers: Vec<(&str, Option<String>)> = Vec::new();
     if let Some(h) = &cfg.subject_header {
@@ -284,6 +299,12 @@ impl Env for HostEnv {
     }
     fn pseudonym(&mut self, value: &str) -> String {
         portcullis_sdk::pseudonym("subject", value)
+    }
+    fn token_cached(&mut self, token: &str) -> bool {
+        portcullis_sdk::verified_token_cached(token)
+    }
+    fn token_verified(&mut self, token: &str, expires_ms: u64) {
+        portcullis_sdk::verified_token_put(token, expires_ms)
     }
 }
 

@@ -31,6 +31,7 @@ fn settings(extra: &[(&str, &str)]) -> Vec<(String, String)> {
         s("issuers.procare.audience", "procare-api"),
         s("issuers.procare.roles-claim", "realm_access.roles"),
         s("issuers.procare.region-claim", "region"),
+        s("issuers.procare.consent-claim", "consent.residency"),
     ];
     for (k, val) in extra {
         v.retain(|(key, _)| key != k);
@@ -77,6 +78,7 @@ fn claims() -> Value {
         "exp": NOW + 300, "iat": NOW - 10, "nbf": NOW - 10,
         "realm_access": { "roles": ["doctor", "caregiver"] },
         "region": "eu-central", "email": "d7@procare.test",
+        "consent": { "residency": ["eu-processing", "research,2026"] },
     })
 }
 
@@ -113,11 +115,17 @@ struct Fake {
     set: Result<String, JwksError>,
     requests: Vec<String>,
     now: u64,
+    /// The host's verified-token cache: token → expires (ms).
+    cache: std::collections::BTreeMap<String, u64>,
+    /// Tokens asked about, in order.
+    lookups: Vec<String>,
+    /// A host that says "hit" to every lookup (to see what a hit skips).
+    always_hit: bool,
 }
 
 impl Fake {
     fn new() -> Fake {
-        Fake { set: Ok(jwks()), requests: Vec::new(), now: NOW_MS }
+        Fake { set: Ok(jwks()), requests: Vec::new(), now: NOW_MS, cache: Default::default(), lookups: Vec::new(), always_hit: false }
     }
 }
 
@@ -131,6 +139,13 @@ impl Env for Fake {
     }
     fn pseudonym(&mut self, value: &str) -> String {
         format!("pseudo({value})")
+    }
+    fn token_cached(&mut self, token: &str) -> bool {
+        self.lookups.push(token.to_string());
+        self.always_hit || self.cache.get(token).is_some_and(|until| self.now < *until)
+    }
+    fn token_verified(&mut self, token: &str, expires_ms: u64) {
+        self.cache.insert(token.to_string(), expires_ms);
     }
 }
 
@@ -178,6 +193,7 @@ fn every_supported_algorithm_verifies() {
         assert_eq!(id.sub.as_deref(), Some("doctor-7"));
         assert_eq!(id.roles, ["doctor", "caregiver"]);
         assert_eq!(id.region.as_deref(), Some("eu-central"));
+        assert_eq!(id.consent.as_deref(), Some(&["eu-processing".to_string(), "research,2026".to_string()][..]));
         assert_eq!(id.iss, ISS);
         assert_eq!(id.alg, alg);
     }
@@ -378,6 +394,8 @@ fn proceed_carries_facts_and_headers_and_replaces_spoofed_ones() {
     assert_eq!(fact("jwt.iss"), Some(ISS));
     assert_eq!(fact("jwt.roles"), Some("doctor,caregiver"));
     assert_eq!(fact("jwt.region"), Some("eu-central"));
+    // Consents, list-encoded (the comma inside an item escaped), for the residency policy.
+    assert_eq!(fact("jwt.consent"), Some("eu-processing,research%2C2026"));
     let set = |k: &str| e.set_headers.iter().find(|h| h.name == k).map(|h| core::str::from_utf8(&h.value).unwrap());
     assert_eq!(set("x-subject"), Some("doctor-7"));
     assert_eq!(set("x-roles"), Some("doctor,caregiver"));
@@ -504,6 +522,7 @@ fn settings_are_checked() {
     assert!(bad(&[("claim-headers.x-roles", "email")]).contains("already used"));
     assert!(bad(&[("issuers.procare.issuer", "https://a#b")]).contains("no '#'"));
     assert!(bad(&[("issuers.procare.roles-claim", "a..b")]).contains("claim path"));
+    assert!(bad(&[("issuers.procare.consent-claim", "a b")]).contains("issuers.procare.consent-claim"));
     assert!(bad(&[("realm", "a\"b")]).contains("realm"));
     assert!(Config::parse(&[]).unwrap_err().contains("at least one issuer"));
     assert!(Config::parse(&[s("issuers.a.algorithms", "RS256")]).unwrap_err().contains("issuers.a.issuer"));
@@ -534,4 +553,116 @@ fn check_config_looks_at_hs_secrets() {
     env.set = Err(JwksError::UnknownIssuer(ISS.into()));
     assert_eq!(auth::check_secrets(&cfg(&[("issuers.procare.algorithms", "RS256,ES256")]), &mut env), Ok(()));
     assert!(env.requests.is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// The verified-token cache.
+
+#[test]
+fn a_verified_token_is_put_and_its_next_request_skips_only_the_signature() {
+    let c = cfg(&[]);
+    let mut env = Fake::new();
+    let t = good(Algorithm::RS256); // exp: NOW + 300
+    let id = auth::authenticate(&c, &t, &mut env).unwrap();
+    assert_eq!(id.cached, Some(false));
+    assert_eq!(env.requests.len(), 1, "a miss looks the key up");
+    assert_eq!(env.cache.get(&t), Some(&(NOW_MS + 300_000)), "remembered until exp");
+    let again = auth::authenticate(&c, &t, &mut env).unwrap();
+    assert_eq!(again.cached, Some(true));
+    assert_eq!(env.requests.len(), 1, "a hit needs no key");
+    assert_eq!((again.sub, again.roles, again.region, again.alg), (id.sub, id.roles, id.region, id.alg));
+    assert_eq!(env.lookups, [t.clone(), t.clone()]);
+    // Audited as a miss, then a hit.
+    let audit = |env: &mut Fake| decide(&c, &bearer(&t), env).audit.into_iter().find(|(k, _)| k == "cache").map(|(_, v)| v);
+    assert_eq!(audit(&mut env).as_deref(), Some("hit"));
+    assert_eq!(audit(&mut Fake::new()).as_deref(), Some("miss"));
+    // Never past cache-max-ttl-ms, never past exp; a token without exp gets the TTL.
+    let mut long = claims();
+    long["exp"] = json!(NOW + 86_400);
+    let mut env = Fake::new();
+    let t = sign(Algorithm::ES256, Some("ec-1"), &long);
+    auth::authenticate(&cfg(&[("cache-max-ttl-ms", "60000")]), &t, &mut env).unwrap();
+    assert_eq!(env.cache[&t], NOW_MS + 60_000);
+    let mut no_exp = claims();
+    no_exp.as_object_mut().unwrap().remove("exp");
+    let t = sign(Algorithm::ES256, Some("ec-1"), &no_exp);
+    auth::authenticate(&cfg(&[("issuers.procare.required-claims", "sub")]), &t, &mut env).unwrap();
+    assert_eq!(env.cache[&t], NOW_MS + 300_000);
+    // Past exp but inside the leeway: valid, and remembered for no time at all.
+    let mut late = claims();
+    late["exp"] = json!(NOW - 5);
+    let t = sign(Algorithm::ES256, Some("ec-1"), &late);
+    auth::authenticate(&c, &t, &mut env).unwrap();
+    assert!(env.cache[&t] <= NOW_MS);
+}
+
+#[test]
+fn a_hit_still_checks_everything_but_the_signature() {
+    // A host that says "hit" to everything: what the policy checks anyway.
+    let hit = || Fake { always_hit: true, ..Fake::new() };
+    let check = |c: &Config, t: &str| auth::authenticate(c, t, &mut hit()).map(|_| ()).map_err(|f| f.reason().to_string());
+    let c = cfg(&[]);
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut v = claims();
+        f(&mut v);
+        sign(Algorithm::RS256, Some("rsa-1"), &v)
+    };
+    assert_eq!(check(&c, &good(Algorithm::RS256)), Ok(()));
+    // Time, against the host's clock now.
+    assert_eq!(check(&c, &with(&|v| v["exp"] = json!(NOW - 31))).unwrap_err(), "token expired");
+    assert_eq!(check(&c, &with(&|v| v["nbf"] = json!(NOW + 60))).unwrap_err(), "token not yet valid");
+    let old = cfg(&[("issuers.procare.max-age-ms", "5000"), ("issuers.procare.leeway-ms", "0")]);
+    assert_eq!(check(&old, &good(Algorithm::RS256)).unwrap_err(), "token too old");
+    // The settings: audience, required claims, issuer, algorithm allow-list.
+    assert_eq!(check(&cfg(&[("issuers.procare.audience", "billing-api")]), &good(Algorithm::RS256)).unwrap_err(), "wrong audience");
+    assert_eq!(check(&cfg(&[("issuers.procare.required-claims", "exp,email_verified")]), &good(Algorithm::RS256)).unwrap_err(), "missing required claim email_verified");
+    assert_eq!(check(&c, &with(&|v| v["iss"] = json!("https://evil.test"))).unwrap_err(), "unknown issuer");
+    assert_eq!(check(&cfg(&[("issuers.procare.algorithms", "ES256")]), &good(Algorithm::RS256)).unwrap_err(), "algorithm not accepted for this issuer");
+    // The token's shape.
+    assert_eq!(check(&c, &forge(&json!({"alg": "none"}), &claims(), b"")).unwrap_err(), "unsigned tokens (alg none) are not accepted");
+    assert_eq!(check(&c, "!!!.@@@.###").unwrap_err(), "malformed token");
+    assert_eq!(check(&cfg(&[("max-token-bytes", "256")]), &good(Algorithm::RS256)).unwrap_err(), "token too large");
+    // Roles, per route.
+    let t = good(Algorithm::RS256); // doctor, caregiver
+    let Verdict::Respond(r) = decide(&cfg(&[("roles", "admin")]), &bearer(&t), &mut hit()).verdict else { panic!("a hit without the role passed") };
+    assert_eq!(r.status, 403);
+    let Verdict::Proceed(e) = decide(&cfg(&[("roles", "doctor")]), &bearer(&t), &mut hit()).verdict else { panic!() };
+    assert!(e.facts.iter().any(|(k, v)| k == "jwt.sub" && v == "doctor-7"), "facts come from the token on a hit too");
+}
+
+#[test]
+fn only_tokens_that_pass_are_put_and_the_cache_can_be_off() {
+    let c = cfg(&[]);
+    let mut env = Fake::new();
+    let mut expired = claims();
+    expired["exp"] = json!(NOW - 3600);
+    let impostor = {
+        let t = good(Algorithm::RS256);
+        let parts: Vec<&str> = t.split('.').collect();
+        format!("{}.{}.{}", parts[0], parts[1], &good(Algorithm::PS256).split('.').nth(2).unwrap())
+    };
+    for bad in [sign(Algorithm::RS256, Some("rsa-1"), &expired), impostor, sign(Algorithm::ES256, Some("nope"), &claims())] {
+        assert!(auth::authenticate(&c, &bad, &mut env).is_err());
+    }
+    assert!(env.cache.is_empty(), "nothing refused is remembered");
+    // cache-entries = 0 (e.g. a route's override): no lookup, no put.
+    let off = cfg(&[("cache-entries", "0")]);
+    let mut env = Fake::new();
+    let id = auth::authenticate(&off, &good(Algorithm::ES256), &mut env).unwrap();
+    assert_eq!(id.cached, None);
+    assert!(env.lookups.is_empty() && env.cache.is_empty());
+    assert!(!decide(&off, &bearer(&good(Algorithm::ES256)), &mut env).audit.iter().any(|(k, _)| k == "cache"));
+}
+
+#[test]
+fn cache_settings_are_checked() {
+    let bad = |extra: &[(&str, &str)]| Config::parse(&settings(extra)).unwrap_err();
+    assert!(bad(&[("cache-entries", "lots")]).contains("\"cache-entries\": expected a non-negative integer"));
+    assert!(bad(&[("cache-entries", "1000001")]).contains("at most 1000000"));
+    assert!(bad(&[("cache-max-ttl-ms", "999")]).contains("\"cache-max-ttl-ms\": expected 1000..=3600000"));
+    assert!(bad(&[("cache-max-ttl-ms", "3600001")]).contains("cache-max-ttl-ms"));
+    let c = cfg(&[]);
+    assert!(c.cache);
+    assert_eq!(c.cache_max_ttl_ms, 300_000);
+    assert!(!cfg(&[("cache-entries", "0")]).cache);
 }

@@ -60,7 +60,8 @@ pub type Hooks = HookSet;
 /// What the host offers, answered from memory (`host` interface).
 pub mod host {
     pub use crate::bindings::portcullis::gateway::host::{
-        audit, limit_policy, log, now_ms, pseudonym, setting, settings,
+        audit, limit_policy, log, now_ms, pseudonym, setting, settings, verified_token_cached,
+        verified_token_put,
     };
 }
 
@@ -69,7 +70,9 @@ pub mod io {
     pub use crate::bindings::portcullis::gateway::io::{jwks, rate_acquire};
 }
 
-pub use host::{audit, limit_policy, log, now_ms, pseudonym, setting, settings};
+pub use host::{
+    audit, limit_policy, log, now_ms, pseudonym, setting, settings, verified_token_cached, verified_token_put,
+};
 pub use io::{jwks, rate_acquire};
 
 /// A policy. Only [`Policy::on_request`] is required; the host calls

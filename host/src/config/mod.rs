@@ -10,7 +10,7 @@ mod size;
 pub mod validate;
 
 pub use size::ByteSize;
-pub use validate::validate;
+pub use validate::{valid_name, validate};
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -135,6 +135,13 @@ impl Source {
 
 /// Parse the text into typed configuration (types and unknown keys only).
 pub fn parse(source: &Source) -> Result<Config, ConfigErrors> {
+    parse_as(source)
+}
+
+/// Parse any TOML file of the configuration (the gateway file, or one it
+/// names, such as the residency regions file) into `T`, with the line,
+/// column and key path of the first type error.
+pub fn parse_as<T: serde::de::DeserializeOwned>(source: &Source) -> Result<T, ConfigErrors> {
     let de = toml::de::Deserializer::parse(&source.text).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: source.file.clone(),
@@ -192,6 +199,9 @@ pub struct Config {
     /// The Redis behind shared limits.
     #[serde(default)]
     pub shared_limits: Option<crate::ratelimit::SharedLimitsConfig>,
+    /// Data residency (see `crate::residency`): off when absent.
+    #[serde(default)]
+    pub residency: Option<crate::residency::ResidencyConfig>,
 }
 
 /// `[gateway]`
@@ -307,8 +317,9 @@ pub struct Pool {
     /// Name routes refer to.
     pub name: Spanned<String>,
     /// Where the servers are (e.g. `fsn1`); used by the residency policy.
+    /// Required when `[residency]` is configured.
     #[serde(default)]
-    pub region: Option<String>,
+    pub region: Option<Spanned<String>>,
     /// `host:port` of each server.
     pub targets: Vec<Spanned<String>>,
     /// Balancing strategy.
@@ -385,7 +396,7 @@ impl Pool {
     pub fn same_as(&self, other: &Pool) -> bool {
         let targets = |p: &Pool| p.targets.iter().map(|t| t.get_ref().clone()).collect::<Vec<_>>();
         self.name.get_ref() == other.name.get_ref()
-            && self.region == other.region
+            && self.region.as_ref().map(Spanned::get_ref) == other.region.as_ref().map(Spanned::get_ref)
             && targets(self) == targets(other)
             && self.balance == other.balance
             && self.connect_timeout_ms == other.connect_timeout_ms

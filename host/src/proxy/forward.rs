@@ -39,9 +39,17 @@ pub struct Upstream {
     pub lease: Lease,
 }
 
+/// The target to send to: one of the first candidate pool that has an
+/// available target. Only the candidates are ever considered — after
+/// residency narrowed them, a pool in another region is not one — so when
+/// every candidate is down the answer is 503, never a failover elsewhere.
+pub fn pick(pools: &[Arc<Pool>]) -> Option<(Arc<Pool>, Lease)> {
+    pools.iter().find_map(|p| p.pick().map(|l| (p.clone(), l)))
+}
+
 /// Send the request to the first pool with an available target.
 pub async fn forward(pools: &[Arc<Pool>], method: Method, path_and_query: &str, headers: HeaderMap, body: ProxyBody) -> Result<Upstream, GatewayError> {
-    let Some((pool, lease)) = pools.iter().find_map(|p| p.pick().map(|l| (p.clone(), l))) else {
+    let Some((pool, lease)) = pick(pools) else {
         return Err(GatewayError::NoHealthyTarget { pools: pools.iter().map(|p| p.name.clone()).collect() });
     };
     let target = lease.target.address.clone();

@@ -184,7 +184,8 @@ impl Runtime {
             bindings::sync::PolicyComponentPre::new(instance_pre.clone()).map_err(|e| invalid(format!("{e:#}")))?;
         }
         let exports = Exports::find(&component).ok_or_else(|| invalid("does not export portcullis:gateway/policy@0.1.0".into()))?;
-        Ok(PolicyModule { digest, pre: instance_pre, exports, is_async: imports_io })
+        let fingerprint = hex::decode(&digest).ok().and_then(|d| d.try_into().ok()).unwrap_or([0; 32]);
+        Ok(PolicyModule { digest, fingerprint, pre: instance_pre, exports, is_async: imports_io })
     }
 
     fn store(&self, state: PolicyState) -> Store<PolicyState> {
@@ -205,6 +206,8 @@ impl Runtime {
         R: ComponentNamedList + Lift + Send + Sync + 'static,
     {
         let policy = state.policy.to_string();
+        let mut state = state;
+        state.component = module.fingerprint;
         let mut store = self.store(state);
         let index = module.exports.get(export);
         let result = if module.is_async {
@@ -276,6 +279,8 @@ fn is_capacity(e: &wasmtime::Error) -> bool {
 pub struct PolicyModule {
     /// Hex SHA-256 of the component bytes.
     pub digest: String,
+    /// The same, as bytes (given to each instance's state).
+    fingerprint: [u8; 32],
     pre: InstancePre<PolicyState>,
     exports: Exports,
     is_async: bool,

@@ -8,6 +8,7 @@
 use super::bindings::portcullis::gateway::types;
 use crate::jwks::{JwksCache, JwksLookupError};
 use crate::ratelimit::{AcquireError, Limits};
+use crate::token_cache::TokenCache;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use std::sync::Arc;
@@ -19,6 +20,9 @@ pub struct Services {
     jwks: Arc<JwksCache>,
     /// `[[limits]]` and their state.
     limits: Arc<Limits>,
+    /// Tokens policies verified (`host.verified-token-*`); carried over
+    /// reloads (its entries are scoped by settings and key generation).
+    token_cache: Arc<TokenCache>,
 }
 
 impl Services {
@@ -30,7 +34,12 @@ impl Services {
             k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
             k
         });
-        Services { pseudonym_key: key.into(), jwks: Arc::new(JwksCache::empty()), limits: Arc::new(Limits::default()) }
+        Services { pseudonym_key: key.into(), jwks: Arc::new(JwksCache::empty()), limits: Arc::new(Limits::default()), token_cache: Arc::new(TokenCache::new()) }
+    }
+
+    /// The verified-token cache.
+    pub fn token_cache(&self) -> &Arc<TokenCache> {
+        &self.token_cache
     }
 
     /// These services with the `[[jwks]]` key sets.
@@ -48,7 +57,7 @@ impl Services {
     /// The services of a reloaded configuration: the same pseudonym key, new
     /// key sets and limits (built from these, so unchanged ones keep state).
     pub fn successor(&self, jwks: JwksCache, limits: Limits) -> Services {
-        Services { pseudonym_key: self.pseudonym_key.clone(), jwks: Arc::new(jwks), limits: Arc::new(limits) }
+        Services { pseudonym_key: self.pseudonym_key.clone(), jwks: Arc::new(jwks), limits: Arc::new(limits), token_cache: self.token_cache.clone() }
     }
 
     /// The JWKS cache in use (to carry unchanged issuers over a reload).

@@ -5,6 +5,7 @@
 use super::bindings::portcullis::gateway::{host, io, types};
 use super::settings::Settings;
 use super::services::Services;
+use crate::token_cache::Scope;
 use std::sync::Arc;
 use wasmtime::ResourceLimiter;
 
@@ -30,12 +31,48 @@ pub struct PolicyState {
     pub memory: MemoryCap,
     /// Host state shared by every instance (rate limits, JWKS, pseudonym key).
     pub services: Arc<Services>,
+    /// SHA-256 of the component this instance runs (set by `Runtime::call`):
+    /// part of the verified-token cache's scope.
+    pub component: [u8; 32],
+    /// The JWKS key generation, read at the first key or token-cache call of
+    /// this instance (before it can see any key).
+    key_generation: Option<[u64; 2]>,
+    /// The verified-token cache scope, computed at first use.
+    token_scope: Option<Scope>,
 }
 
 impl PolicyState {
     /// State for one call.
     pub fn new(policy: Arc<str>, request_id: Arc<str>, settings: Settings, overrides: Option<Settings>, memory_cap: usize, services: Arc<Services>) -> Self {
-        PolicyState { policy, request_id, settings, overrides, audit: Vec::new(), audit_bytes: 0, memory: MemoryCap { cap: memory_cap, refused: false }, services }
+        PolicyState {
+            policy,
+            request_id,
+            settings,
+            overrides,
+            audit: Vec::new(),
+            audit_bytes: 0,
+            memory: MemoryCap { cap: memory_cap, refused: false },
+            services,
+            component: [0; 32],
+            key_generation: None,
+            token_scope: None,
+        }
+    }
+
+    /// The key generation this instance runs under (read once, at first use).
+    fn key_generation(&mut self) -> [u64; 2] {
+        *self.key_generation.get_or_insert_with(|| self.services.jwks_cache().key_generation())
+    }
+
+    /// This instance's verified-token scope: policy, component, effective settings, keys.
+    fn token_scope(&mut self) -> Scope {
+        if let Some(s) = self.token_scope {
+            return s;
+        }
+        let generation = self.key_generation();
+        let scope = Scope::of(&self.policy, &self.component, &self.settings, self.overrides.as_ref(), generation);
+        self.token_scope = Some(scope);
+        scope
     }
 }
 
@@ -109,6 +146,19 @@ impl host::Host for PolicyState {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
     }
 
+    fn verified_token_cached(&mut self, token: String) -> bool {
+        let _span = tracing::trace_span!("token_cache", policy = %self.policy, op = "get").entered();
+        let scope = self.token_scope();
+        self.services.token_cache().get(&self.policy, &scope, &token)
+    }
+
+    fn verified_token_put(&mut self, token: String, expires_ms: u64) {
+        let _span = tracing::trace_span!("token_cache", policy = %self.policy, op = "put").entered();
+        let ttl = std::time::Duration::from_millis(expires_ms.saturating_sub(self.now_ms()));
+        let scope = self.token_scope();
+        self.services.token_cache().put(&self.policy, &scope, &token, ttl);
+    }
+
     fn log(&mut self, level: types::Level, message: String) {
         // Policies are told never to log secrets; the message is truncated so
         // a hostile one cannot flood the log either.
@@ -134,6 +184,8 @@ impl io::Host for PolicyState {
     }
 
     async fn jwks(&mut self, issuer: String) -> Result<String, types::JwksError> {
+        // The generation is fixed before any key is seen (see `token_scope`).
+        self.key_generation();
         self.services.jwks(&issuer).await
     }
 }
