@@ -42,6 +42,9 @@ pub async fn load(source: &Source) -> Result<Snapshot, StartError> {
         None => None,
     };
     let jwks = crate::jwks::JwksCache::load(source, &config.jwks, None)?;
+    // The limits are host state built before the snapshot: check the file
+    // first, so a bad `[shared_limits]` is reported as `file:line:col`.
+    config::validate(source, &config)?;
     let limits = crate::ratelimit::Limits::build(&config, None)?;
     Ok(Snapshot::build(source, runtime, Arc::new(Services::new(key).with_jwks(jwks).with_limits(limits)), None).await?)
 }

@@ -183,7 +183,7 @@ async fn two_gateways_sharing_one_redis_admit_the_budget_once() {
     let redis = Redis::start();
     let up = Upstream::start("api").await;
     // 200 per hour: nothing comes back during the test, so the budget is exact.
-    let limits = format!("[[limits]]\nname = \"per-ip\"\nrate = 200\nper = \"1h\"\nshared = true\n\n[shared_limits]\nredis = \"{}\"\nnodes = 2\ntimeout_ms = 1000\n", redis.url());
+    let limits = format!("[[limits]]\nname = \"per-ip\"\nrate = 200\nper = \"1h\"\nshared = true\n\n[shared_limits]\nredis = \"{}\"\nnodes = 2\ntimeout_ms = 80\n", redis.url());
     let text = config(&up, "rate-limit.wasm", PER_IP, &limits);
     let (a, b) = (start(&text), start(&text));
     let (a, b) = (Arc::new(a), Arc::new(b));
@@ -222,7 +222,7 @@ async fn redis_going_away_falls_back_to_local_without_5xx_and_its_return_restore
     let up = Upstream::start("api").await;
     // Burst 10 shared by 2 nodes: the local fallback allows 5 per client.
     let limits = format!(
-        "[[limits]]\nname = \"per-ip\"\nrate = 10\nper = \"1h\"\nshared = true\n\n[shared_limits]\nredis = \"{}\"\nnodes = 2\ntimeout_ms = 200\nretry_ms = 200\nwhen_unavailable = \"local\"\n",
+        "[[limits]]\nname = \"per-ip\"\nrate = 10\nper = \"1h\"\nshared = true\n\n[shared_limits]\nredis = \"{}\"\nnodes = 2\ntimeout_ms = 50\nretry_ms = 200\nwhen_unavailable = \"local\"\n",
         redis.url()
     );
     let gw = start(&config(&up, "rate-limit.wasm", PER_IP, &limits));
@@ -276,7 +276,7 @@ async fn deny_mode_fails_closed_with_503_while_redis_is_unreachable() {
     // Nothing listens on this port.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let up = Upstream::start("api").await;
-    let limits = format!("[[limits]]\nname = \"per-ip\"\nrate = 10\nper = \"1s\"\nshared = true\n\n[shared_limits]\nredis = \"redis://127.0.0.1:{port}/0\"\ntimeout_ms = 200\nwhen_unavailable = \"deny\"\n");
+    let limits = format!("[[limits]]\nname = \"per-ip\"\nrate = 10\nper = \"1s\"\nshared = true\n\n[shared_limits]\nredis = \"redis://127.0.0.1:{port}/0\"\ntimeout_ms = 50\nwhen_unavailable = \"deny\"\n");
     let gw = start(&config(&up, "rate-limit.wasm", PER_IP, &limits));
     let a = from(&gw, "192.0.2.77").await;
     assert_problem(&a, 503);
@@ -360,6 +360,10 @@ async fn check_refuses_unknown_limits_and_bad_limit_settings() {
         (
             config(&up, "rate-limit.wasm", PER_IP, "[[limits]]\nname = \"per-ip\"\nrate = 1\nper = \"1s\"\n\n[shared_limits]\nredis = \"http://nope\"\n"),
             "shared_limits.redis: not a Redis URL",
+        ),
+        (
+            config(&up, "rate-limit.wasm", PER_IP, "[[limits]]\nname = \"per-ip\"\nrate = 1\nper = \"1s\"\n\n[shared_limits]\nredis = \"redis://127.0.0.1:1/0\"\ntimeout_ms = 100\n"),
+            "shared_limits.timeout_ms: 100 ms must be below runtime.policy_deadline_ms",
         ),
     ];
     for (text, want) in cases {

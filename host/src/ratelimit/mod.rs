@@ -13,7 +13,7 @@
 //!
 //! [shared_limits]          # needed when any limit is shared
 //! redis = "redis://10.0.0.5:6379/0"
-//! timeout_ms = 50          # per decision
+//! timeout_ms = 25          # per decision (below runtime.policy_deadline_ms)
 //! connections = 4          # multiplexed connections, round robin
 //! when_unavailable = "local"   # or "deny" (fail closed: rate-error unavailable)
 //! nodes = 3                # fallback budget per node = rate / nodes, burst / nodes
@@ -101,7 +101,7 @@ fn default_max_keys() -> Spanned<usize> {
     Spanned::new(0..0, 100_000)
 }
 fn default_timeout_ms() -> u64 {
-    50
+    25
 }
 fn default_connections() -> usize {
     4
@@ -181,8 +181,23 @@ pub fn validate(source: &Source, config: &Config, errors: &mut Vec<ConfigError>)
         }
     }
     if let Some(s) = &config.shared_limits {
-        if let Err(e) = redis::Client::open(s.redis.get_ref().as_str()) {
+        let url = s.redis.get_ref().as_str();
+        let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"].iter().any(|p| url.starts_with(p));
+        if !scheme_ok {
+            errors.push(source.error_at(&s.redis, "shared_limits.redis", format!("not a Redis URL (redis://host:port/db): {url:?}")));
+        } else if let Err(e) = redis::Client::open(url) {
             errors.push(source.error_at(&s.redis, "shared_limits.redis", format!("not a Redis URL: {e}")));
+        }
+        // A decision waits at most timeout_ms inside a policy call; the
+        // policy's deadline must leave room for it, or a slow Redis would
+        // fail every request closed as a missed deadline instead of
+        // taking the configured fallback.
+        if s.timeout_ms >= config.runtime.policy_deadline_ms {
+            errors.push(source.error_at(
+                &s.redis,
+                "shared_limits.timeout_ms",
+                format!("{} ms must be below runtime.policy_deadline_ms ({} ms), so the fallback answers before the policy's deadline", s.timeout_ms, config.runtime.policy_deadline_ms),
+            ));
         }
         if *s.nodes.get_ref() == 0 {
             errors.push(source.error_at(&s.nodes, "shared_limits.nodes", "must be at least 1"));
