@@ -133,6 +133,9 @@ struct UnderTest {
     module: Arc<PolicyModuleRef>,
     settings: BTreeMap<String, String>,
     overrides: BTreeMap<String, Settings>,
+    /// The host state the cases run against: the config's (its `[[limits]]`
+    /// answer `rate-acquire` for real) or the plain one.
+    services: Arc<Services>,
 }
 
 enum PolicyModuleRef {
@@ -160,12 +163,14 @@ async fn load(file: &Path, cf: &CaseFile, runtime: &Arc<Runtime>, services: &Arc
                 std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: component: cannot read {}: {e}", file.display(), path.display()))?
             };
             let module = runtime.load(component, &bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            Ok(UnderTest { name: "policy".into(), module: Arc::new(PolicyModuleRef::Owned(module)), settings: flatten(&cf.settings), overrides: BTreeMap::new() })
+            Ok(UnderTest { name: "policy".into(), module: Arc::new(PolicyModuleRef::Owned(module)), settings: flatten(&cf.settings), overrides: BTreeMap::new(), services: services.clone() })
         }
         (None, Some(config_path)) => {
             let policy = cf.policy.clone().ok_or_else(|| anyhow::anyhow!("{}: `config` needs `policy` (which policy of it to test)", file.display()))?;
             let source = Source::read(&base.join(config_path))?;
-            config::parse(&source)?;
+            let parsed = config::parse(&source)?;
+            let limits = crate::ratelimit::Limits::build(&parsed, None)?;
+            let services = Arc::new(Services::new(Some(b"portcullis policy test".to_vec())).with_limits(limits));
             let snap = crate::snapshot::Snapshot::build(&source, runtime.clone(), services.clone(), None).await?;
             let loaded = snap.policies.get(&policy).ok_or_else(|| anyhow::anyhow!("{}: the config has no policy {policy:?}", file.display()))?;
             let mut settings: BTreeMap<String, String> = (*loaded.settings).clone();
@@ -176,7 +181,7 @@ async fn load(file: &Path, cf: &CaseFile, runtime: &Arc<Runtime>, services: &Arc
                 .filter_map(|r| r.chain.iter().find(|l| *l.policy.name == *policy).and_then(|l| l.overrides.clone()).map(|o| (r.name.clone(), o)))
                 .collect();
             let name = loaded.name.clone();
-            Ok(UnderTest { name, module: Arc::new(PolicyModuleRef::Snapshot(Arc::new(snap), policy)), settings, overrides })
+            Ok(UnderTest { name, module: Arc::new(PolicyModuleRef::Snapshot(Arc::new(snap), policy)), settings, overrides, services })
         }
         _ => anyhow::bail!("{}: give exactly one of `component` or `config`", file.display()),
     }
@@ -207,7 +212,7 @@ async fn run_file(file: &Path, runtime: &Arc<Runtime>, services: &Arc<Services>)
             route: case.route.clone(),
             facts: case.request.facts.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         };
-        let state = PolicyState::new(ut.name.clone(), "policy-test".into(), Arc::new(settings), overrides, runtime.memory_cap(), services.clone());
+        let state = PolicyState::new(ut.name.clone(), "policy-test".into(), Arc::new(settings), overrides, runtime.memory_cap(), ut.services.clone());
         let (verdict, audit) = hooks::on_request(runtime, ut.module.get(), state, &head).await;
         let diffs = match verdict {
             Ok(v) => compare(&case.expect, &v, &audit),

@@ -154,8 +154,10 @@ impl Reloader {
         // keep their counts; it serves only if the whole reload succeeds.
         let parsed = crate::config::parse(&source).map_err(|e| e.to_string())?;
         let jwks = crate::jwks::JwksCache::load(&source, &parsed.jwks, Some(&old.services.jwks_cache())).map_err(|e| e.to_string())?;
-        crate::config::validate(&source, &parsed).map_err(|e| e.to_string())?;
-        let limits = crate::ratelimit::Limits::build(&parsed, Some(old.services.limits())).map_err(|e| e.to_string())?;
+        let limits = crate::ratelimit::Limits::build(&parsed, Some(old.services.limits())).map_err(|e| match crate::config::validate(&source, &parsed) {
+            Err(errors) => errors.to_string(),
+            Ok(()) => e.to_string(),
+        })?;
         let services = Arc::new(old.services.successor(jwks, limits));
         let snap = Snapshot::build(&source, old.runtime.clone(), services, Some(&old)).await.map_err(|e| e.to_string())?;
         smoke(&snap).await?;

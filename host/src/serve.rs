@@ -42,10 +42,16 @@ pub async fn load(source: &Source) -> Result<Snapshot, StartError> {
         None => None,
     };
     let jwks = crate::jwks::JwksCache::load(source, &config.jwks, None)?;
-    // The limits are host state built before the snapshot: check the file
-    // first, so a bad `[shared_limits]` is reported as `file:line:col`.
-    config::validate(source, &config)?;
-    let limits = crate::ratelimit::Limits::build(&config, None)?;
+    // The limits are host state built before the snapshot; if they cannot
+    // be built the file is wrong: report it as `file:line:col` when the
+    // checks can say where.
+    let limits = match crate::ratelimit::Limits::build(&config, None) {
+        Ok(limits) => limits,
+        Err(e) => {
+            config::validate(source, &config)?;
+            return Err(e.into());
+        }
+    };
     Ok(Snapshot::build(source, runtime, Arc::new(Services::new(key).with_jwks(jwks).with_limits(limits)), None).await?)
 }
 
