@@ -64,24 +64,12 @@ impl Drop for Redis {
 /// A gateway trusting loopback's `x-forwarded-for`, with an admin listener,
 /// the rate-limit component on route `/api`, and `limits` (TOML) appended.
 fn config(up: &Upstream, component: &str, rules: &str, limits: &str) -> String {
+    let head = config_head().replace("[gateway]\n", "[gateway]\ntrusted_proxies = [\"127.0.0.0/8\"]\npseudonym_key_file = \"pseudonym.key\"\nwatch = false\n");
     format!(
-        r#"
-[gateway]
-audit_log = "audit.jsonl"
-trusted_proxies = ["127.0.0.0/8"]
-pseudonym_key_file = "pseudonym.key"
-watch = false
-
+        r#"{head}
 [admin]
 address = "127.0.0.1:0"
 token_file = "admin.token"
-
-[[listeners]]
-name = "public"
-address = "127.0.0.1:0"
-
-[policies.router]
-component = "builtin:router"
 
 [policies.rate-limit]
 component = "{component}"

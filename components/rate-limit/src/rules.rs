@@ -89,7 +89,7 @@ pub fn parse(pairs: &[(String, String)]) -> Result<Vec<Rule>, String> {
         if !RULE_KEYS.contains(&field) {
             return Err(format!("{k}: unknown rule setting {field:?} (limit, key, cost, enabled)"));
         }
-        if names.last() != Some(&name) && !names.contains(&name) {
+        if !names.contains(&name) {
             names.push(name);
         }
     }

@@ -103,22 +103,10 @@ impl<'a> Config<'a> {
     }
 }
 
-/// `setting "<key>": <reason>`.
-pub fn error(key: &str, reason: &str) -> String {
-    let mut e = String::with_capacity(16 + key.len() + reason.len());
-    e.push_str("setting \"");
-    e.push_str(key);
-    e.push_str("\": ");
-    e.push_str(reason);
-    e
-}
+/// `setting "<key>": <reason>` (the SDK's one format for settings errors).
+pub use portcullis_sdk::setting_error as error;
 
-fn error_got(key: &str, reason: &str, got: &str) -> String {
-    let mut e = error(key, reason);
-    e.push_str(", got ");
-    json::push_string(&mut e, got);
-    e
-}
+use portcullis_sdk::setting_error_got as error_got;
 
 /// The items of a host-rendered list, each borrowed (they carry no escapes).
 fn names<'a>(key: &str, text: &'a str) -> Result<Vec<&'a str>, String> {

@@ -75,6 +75,24 @@ pub use host::{
 };
 pub use io::{jwks, rate_acquire};
 
+/// A `check-config` error naming a setting: `setting "<key>": <reason>`.
+pub fn setting_error(key: &str, reason: &str) -> String {
+    let mut e = String::with_capacity(16 + key.len() + reason.len());
+    e.push_str("setting \"");
+    e.push_str(key);
+    e.push_str("\": ");
+    e.push_str(reason);
+    e
+}
+
+/// The same with the refused value: `setting "<key>": <reason>, got "<value>"`.
+pub fn setting_error_got(key: &str, reason: &str, value: &str) -> String {
+    let mut e = setting_error(key, reason);
+    e.push_str(", got ");
+    json::push_string(&mut e, value);
+    e
+}
+
 /// A policy. Only [`Policy::on_request`] is required; the host calls
 /// `on_response` / `on_complete` only when [`Policy::hooks`] declares them.
 ///

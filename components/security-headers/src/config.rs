@@ -146,23 +146,10 @@ impl Config<'_> {
     }
 }
 
-/// `setting "<key>": <reason>`.
-pub fn error(key: &str, reason: &str) -> String {
-    let mut e = String::with_capacity(16 + key.len() + reason.len());
-    e.push_str("setting \"");
-    e.push_str(key);
-    e.push_str("\": ");
-    e.push_str(reason);
-    e
-}
+/// `setting "<key>": <reason>` (the SDK's one format for settings errors).
+pub use portcullis_sdk::setting_error as error;
 
-/// `setting "<key>": <reason>, got "<value>"`.
-fn error_got(key: &str, reason: &str, value: &str) -> String {
-    let mut e = error(key, reason);
-    e.push_str(", got ");
-    json::push_string(&mut e, value);
-    e
-}
+use portcullis_sdk::setting_error_got as error_got;
 
 fn boolean(key: &str, v: &str) -> Result<bool, String> {
     match v {

@@ -19,15 +19,14 @@ use std::sync::Arc;
 /// proceeded without writing `<policy>.pools`: forwarding then would send
 /// the data wherever the route's pools are.
 pub fn candidate_pools(snap: &Snapshot, route: &RouteEntry, facts: &[(String, String)]) -> Result<Vec<Arc<crate::pool::Pool>>, GatewayError> {
-    if let Some(policy) = &route.narrowed_by {
-        let fact = format!("{policy}.pools");
-        if !facts.iter().any(|(k, _)| *k == fact) {
-            return Err(GatewayError::Policy(PolicyFailure {
-                policy: policy.clone(),
-                class: FailureClass::Contract,
-                detail: format!("proceeded without the fact {fact:?}: the route's pools were not narrowed, so nothing is forwarded"),
-            }));
-        }
+    if let Some(policy) = &route.narrowed_by
+        && !facts.iter().any(|(k, _)| k.strip_suffix(".pools") == Some(policy.as_str()))
+    {
+        return Err(GatewayError::Policy(PolicyFailure {
+            policy: policy.clone(),
+            class: FailureClass::Contract,
+            detail: format!("proceeded without the fact \"{policy}.pools\": the route's pools were not narrowed, so nothing is forwarded"),
+        }));
     }
     let names = narrow(&route.pools, facts);
     let pools: Vec<_> = names.iter().filter_map(|n| snap.pools.get(n).cloned()).collect();

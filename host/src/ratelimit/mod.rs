@@ -266,20 +266,28 @@ pub enum AcquireError {
 pub struct Limit {
     /// Its configured name.
     pub name: String,
-    gcra: Gcra,
-    quota: u64,
-    policy: String,
-    shared: bool,
+    definition: Definition,
     /// The budget itself (local limits) or the per-node fallback (shared ones).
     local: LocalLimiter,
     /// Keys of the local store are hashes under this per-limit random key.
     hasher: std::hash::RandomState,
-    /// What this state was made for; a reload with the same keeps it.
-    identity: (Gcra, bool, usize, u32),
 }
 
-impl Limit {
-    fn new(cfg: &LimitConfig, nodes: u32) -> Limit {
+/// What a limit's state was made for: a reload with the same definition
+/// keeps the state (and so the counts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Definition {
+    gcra: Gcra,
+    /// The per-node fallback (shared limits) or the budget itself.
+    local_gcra: Gcra,
+    quota: u64,
+    shared: bool,
+    max_keys: usize,
+    policy: String,
+}
+
+impl Definition {
+    fn of(cfg: &LimitConfig, nodes: u32) -> Definition {
         let rate = (*cfg.rate.get_ref()).max(1);
         let period = parse_period(cfg.per.get_ref()).unwrap_or(Duration::from_secs(1));
         let burst = cfg.burst.as_ref().map(|b| *b.get_ref()).unwrap_or(rate).max(1);
@@ -287,21 +295,21 @@ impl Limit {
         let shared = cfg.shared;
         // The fallback for a shared limit: this node's share of the budget.
         let local_gcra = if shared && nodes > 1 { Gcra { interval: gcra.interval * nodes, burst: burst.div_ceil(nodes) } } else { gcra };
-        let max_keys = *cfg.max_keys.get_ref();
-        let name = cfg.name.get_ref().clone();
-        let mut policy = format!("\"{name}\";q={rate};w={}", period.as_secs().max(1));
+        let mut policy = format!("\"{}\";q={rate};w={}", cfg.name.get_ref(), period.as_secs().max(1));
         if burst != rate {
             policy.push_str(&format!(";burst={burst}"));
         }
+        Definition { gcra, local_gcra, quota: u64::from(rate), shared, max_keys: *cfg.max_keys.get_ref(), policy }
+    }
+}
+
+impl Limit {
+    fn new(name: String, definition: Definition) -> Limit {
         Limit {
-            local: LocalLimiter::new(local_gcra, max_keys),
+            local: LocalLimiter::new(definition.local_gcra, definition.max_keys),
             hasher: std::hash::RandomState::new(),
-            identity: (gcra, shared, max_keys, if shared { nodes } else { 1 }),
             name,
-            gcra,
-            quota: u64::from(rate),
-            policy,
-            shared,
+            definition,
         }
     }
 
@@ -337,17 +345,18 @@ impl Limits {
         let nodes = config.shared_limits.as_ref().map(|s| *s.nodes.get_ref()).unwrap_or(1).max(1);
         let mut by_name = HashMap::new();
         for cfg in &config.limits {
-            let fresh = Limit::new(cfg, nodes);
-            let kept = previous.and_then(|p| p.by_name.get(&fresh.name)).filter(|old| old.identity == fresh.identity && old.policy == fresh.policy);
-            let limit = kept.cloned().unwrap_or_else(|| Arc::new(fresh));
-            by_name.insert(limit.name.clone(), limit);
+            let name = cfg.name.get_ref();
+            let definition = Definition::of(cfg, nodes);
+            let kept = previous.and_then(|p| p.by_name.get(name)).filter(|old| old.definition == definition);
+            let limit = kept.cloned().unwrap_or_else(|| Arc::new(Limit::new(name.clone(), definition)));
+            by_name.insert(name.clone(), limit);
         }
         Ok(Limits { by_name, shared })
     }
 
     /// The `RateLimit-Policy` item of `name`, if configured.
     pub fn policy(&self, name: &str) -> Option<&str> {
-        self.by_name.get(name).map(|l| l.policy.as_str())
+        self.by_name.get(name).map(|l| l.definition.policy.as_str())
     }
 
     /// Every limit (for metrics).
@@ -364,16 +373,17 @@ impl Limits {
     /// the key into the name Redis stores (only called for shared limits).
     pub async fn acquire(&self, name: &str, key: &str, cost: u32, pseudonym: impl FnOnce(&str) -> String) -> Result<Outcome, AcquireError> {
         let limit = self.by_name.get(name).ok_or_else(|| AcquireError::UnknownLimit(name.to_string()))?;
-        let outcome = |decision, source| Outcome { decision, quota: limit.quota, policy: limit.policy.clone(), source };
+        let def = &limit.definition;
+        let outcome = |decision, source| Outcome { decision, quota: def.quota, policy: def.policy.clone(), source };
         let local = |source| outcome(limit.local.acquire(limit.hasher.hash_one(key), cost), source);
-        if !limit.shared {
+        if !def.shared {
             return Ok(local(DecidedBy::Local));
         }
         let Some((cfg, store)) = &self.shared else {
             return Ok(local(DecidedBy::LocalFallback));
         };
         let redis_key = format!("{}{}:{}", cfg.key_prefix, limit.name, pseudonym(key));
-        match store.acquire(&redis_key, limit.gcra, cost).await {
+        match store.acquire(&redis_key, def.gcra, cost).await {
             Ok(decision) => Ok(outcome(decision, DecidedBy::Shared)),
             Err(e) => match cfg.when_unavailable {
                 WhenUnavailable::Local => Ok(local(DecidedBy::LocalFallback)),
