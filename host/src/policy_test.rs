@@ -7,6 +7,7 @@
 //!
 //! ```toml
 //! component = "../../target/components/wasm32-wasip2/release/test_policy.wasm"  # or builtin:router
+//! name = "stamp"             # the policy's name in a config (its fact namespace); default "policy"
 //! settings = { mode = "header", name = "x-stamp", value = "v1" }
 //! # or:
 //! # config = "../../policies/dev.toml"
@@ -23,11 +24,29 @@
 //! `expect` checks only what it names: `verdict` (`proceed`/`respond`),
 //! `status`, `headers` (of a reply), `body_contains`, `set_headers`,
 //! `remove_headers`, `facts`, `response_headers`, `audit` (fields passed to
-//! `host.audit`). Host `io` calls answer as an unconfigured gateway does
-//! (no limits, no issuers). A failing case prints each field that differs.
+//! `host.audit`). A failing case prints each field that differs.
+//!
+//! Host answers can be mocked, for the whole file (`[host]`) or one case
+//! (`[case.host]`, which wins key by key):
+//!
+//! ```toml
+//! [case.host]
+//! now_ms = 1767225600000                 # host.now-ms
+//! token_cached = true                    # host.verified-token-cached (puts ignored)
+//! limits = { per-user = "1000;w=60", gone = false }   # host.limit-policy (false: no such limit)
+//! rate.per-user = { allowed = false, limit = 1000, remaining = 0, reset_ms = 60000, retry_after_ms = 1200, policy = "1000;w=60", source = "shared" }
+//! rate.notify = { error = "unavailable", detail = "redis down" }      # or "unknown-limit"
+//! jwks."https://auth.example/realms/x" = '{"keys":[...]}'             # io.jwks
+//! jwks."https://other.example" = { error = "unknown-issuer" }         # or "unavailable"
+//! ```
+//!
+//! A call no mock names is answered by the host state the cases run on: a
+//! config's `[[limits]]` (config form), otherwise an unconfigured gateway's
+//! (no limits, no issuers, the real clock).
 
 use crate::config::{self, Source};
 use crate::runtime::bindings::types;
+use crate::runtime::mocks::HostMocks;
 use crate::runtime::settings::flatten;
 use crate::runtime::{ComponentCache, PolicyModule, PolicyState, Runtime, RuntimeLimits, Services, Settings, hooks};
 use serde::Deserialize;
@@ -39,12 +58,124 @@ use std::sync::Arc;
 #[serde(deny_unknown_fields)]
 struct CaseFile {
     component: Option<String>,
+    /// The policy's configured name (its fact namespace) in component form.
+    #[serde(default = "policy_name")]
+    name: String,
     #[serde(default)]
     settings: toml::Table,
     config: Option<String>,
     policy: Option<String>,
     #[serde(default)]
+    host: HostTable,
+    #[serde(default)]
     case: Vec<Case>,
+}
+
+/// Mocked host answers (see the module docs).
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct HostTable {
+    now_ms: Option<u64>,
+    token_cached: Option<bool>,
+    #[serde(default)]
+    limits: BTreeMap<String, LimitMock>,
+    #[serde(default)]
+    rate: BTreeMap<String, RateMock>,
+    #[serde(default)]
+    jwks: BTreeMap<String, JwksMock>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum LimitMock {
+    Policy(String),
+    Present(bool),
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum RateMock {
+    Error {
+        error: RateErrorKind,
+        #[serde(default)]
+        detail: String,
+    },
+    Outcome {
+        allowed: bool,
+        #[serde(default)]
+        limit: u64,
+        #[serde(default)]
+        remaining: u64,
+        #[serde(default)]
+        reset_ms: u64,
+        #[serde(default)]
+        retry_after_ms: u64,
+        #[serde(default)]
+        policy: String,
+        #[serde(default = "local")]
+        source: String,
+    },
+}
+
+fn local() -> String {
+    "local".into()
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum RateErrorKind {
+    UnknownLimit,
+    Unavailable,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum JwksMock {
+    Keys(String),
+    Error {
+        error: JwksErrorKind,
+        #[serde(default)]
+        detail: String,
+    },
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum JwksErrorKind {
+    UnknownIssuer,
+    Unavailable,
+}
+
+impl HostTable {
+    /// `self` with `case`'s answers on top, as the runtime's mocks.
+    fn merged(&self, case: &HostTable) -> HostMocks {
+        let mut m = HostMocks { now_ms: case.now_ms.or(self.now_ms), token_cached: case.token_cached.or(self.token_cached), ..HostMocks::default() };
+        for (name, l) in self.limits.iter().chain(&case.limits) {
+            // `true`: the limit is as the host state has it (no mock).
+            match l {
+                LimitMock::Policy(p) => m.limit_policy.insert(name.clone(), Some(p.clone())),
+                LimitMock::Present(false) => m.limit_policy.insert(name.clone(), None),
+                LimitMock::Present(true) => m.limit_policy.remove(name),
+            };
+        }
+        for (name, r) in self.rate.iter().chain(&case.rate) {
+            let answer = match r.clone() {
+                RateMock::Error { error: RateErrorKind::UnknownLimit, detail } => Err(types::RateError::UnknownLimit(detail)),
+                RateMock::Error { error: RateErrorKind::Unavailable, detail } => Err(types::RateError::Unavailable(detail)),
+                RateMock::Outcome { allowed, limit, remaining, reset_ms, retry_after_ms, policy, source } => Ok(types::RateOutcome { allowed, limit, remaining, reset_ms, retry_after_ms, policy, source }),
+            };
+            m.rate.insert(name.clone(), answer);
+        }
+        for (issuer, j) in self.jwks.iter().chain(&case.jwks) {
+            let answer = match j.clone() {
+                JwksMock::Keys(k) => Ok(k),
+                JwksMock::Error { error: JwksErrorKind::UnknownIssuer, detail } => Err(types::JwksError::UnknownIssuer(detail)),
+                JwksMock::Error { error: JwksErrorKind::Unavailable, detail } => Err(types::JwksError::Unavailable(detail)),
+            };
+            m.jwks.insert(issuer.clone(), answer);
+        }
+        m
+    }
 }
 
 #[derive(Deserialize)]
@@ -54,6 +185,8 @@ struct Case {
     route: Option<String>,
     #[serde(default)]
     settings: toml::Table,
+    #[serde(default)]
+    host: HostTable,
     request: Request,
     expect: Expect,
 }
@@ -78,6 +211,9 @@ struct Request {
     client_ip: String,
 }
 
+fn policy_name() -> String {
+    "policy".into()
+}
 fn get() -> String {
     "GET".into()
 }
@@ -163,7 +299,7 @@ async fn load(file: &Path, cf: &CaseFile, runtime: &Arc<Runtime>, services: &Arc
                 std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: component: cannot read {}: {e}", file.display(), path.display()))?
             };
             let module = runtime.load(component, &bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            Ok(UnderTest { name: "policy".into(), module: Arc::new(PolicyModuleRef::Owned(module)), settings: flatten(&cf.settings), overrides: BTreeMap::new(), services: services.clone() })
+            Ok(UnderTest { name: cf.name.as_str().into(), module: Arc::new(PolicyModuleRef::Owned(module)), settings: flatten(&cf.settings), overrides: BTreeMap::new(), services: services.clone() })
         }
         (None, Some(config_path)) => {
             let policy = cf.policy.clone().ok_or_else(|| anyhow::anyhow!("{}: `config` needs `policy` (which policy of it to test)", file.display()))?;
@@ -212,7 +348,8 @@ async fn run_file(file: &Path, runtime: &Arc<Runtime>, services: &Arc<Services>)
             route: case.route.clone(),
             facts: case.request.facts.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         };
-        let state = PolicyState::new(ut.name.clone(), "policy-test".into(), Arc::new(settings), overrides, runtime.memory_cap(), ut.services.clone());
+        let mut state = PolicyState::new(ut.name.clone(), "policy-test".into(), Arc::new(settings), overrides, runtime.memory_cap(), ut.services.clone());
+        state.mocks = Some(Arc::new(cf.host.merged(&case.host)));
         let (verdict, audit) = hooks::on_request(runtime, ut.module.get(), state, &head).await;
         let diffs = match verdict {
             Ok(v) => compare(&case.expect, &v, &audit),

@@ -14,6 +14,7 @@
 #[allow(missing_docs)]
 pub mod bindings;
 mod cache;
+pub mod mocks;
 pub mod services;
 pub mod settings;
 mod state;

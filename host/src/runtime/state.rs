@@ -3,6 +3,7 @@
 //! as one fresh instance: one hook call of one request.
 
 use super::bindings::portcullis::gateway::{host, io, types};
+use super::mocks::HostMocks;
 use super::settings::Settings;
 use super::services::Services;
 use crate::token_cache::Scope;
@@ -39,6 +40,8 @@ pub struct PolicyState {
     key_generation: Option<[u64; 2]>,
     /// The verified-token cache scope, computed at first use.
     token_scope: Option<Scope>,
+    /// Canned host answers (`policy test` only; `None` in the gateway).
+    pub mocks: Option<std::sync::Arc<HostMocks>>,
 }
 
 impl PolicyState {
@@ -56,6 +59,7 @@ impl PolicyState {
             component: [0; 32],
             key_generation: None,
             token_scope: None,
+            mocks: None,
         }
     }
 
@@ -143,16 +147,25 @@ impl host::Host for PolicyState {
     }
 
     fn now_ms(&mut self) -> u64 {
+        if let Some(now) = self.mocks.as_ref().and_then(|m| m.now_ms) {
+            return now;
+        }
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
     }
 
     fn verified_token_cached(&mut self, token: String) -> bool {
+        if let Some(hit) = self.mocks.as_ref().and_then(|m| m.token_cached) {
+            return hit;
+        }
         let _span = tracing::trace_span!("token_cache", policy = %self.policy, op = "get").entered();
         let scope = self.token_scope();
         self.services.token_cache().get(&self.policy, &scope, &token)
     }
 
     fn verified_token_put(&mut self, token: String, expires_ms: u64) {
+        if self.mocks.as_ref().is_some_and(|m| m.token_cached.is_some()) {
+            return;
+        }
         let _span = tracing::trace_span!("token_cache", policy = %self.policy, op = "put").entered();
         let ttl = std::time::Duration::from_millis(expires_ms.saturating_sub(self.now_ms()));
         let scope = self.token_scope();
@@ -174,16 +187,27 @@ impl host::Host for PolicyState {
     }
 
     fn limit_policy(&mut self, limit: String) -> Option<String> {
+        if let Some(answer) = self.mocks.as_ref().and_then(|m| m.limit_policy.get(&limit)) {
+            return answer.clone();
+        }
         self.services.limits().policy(&limit).map(str::to_string)
     }
 }
 
 impl io::Host for PolicyState {
     async fn rate_acquire(&mut self, limit: String, key: String, cost: u32) -> Result<types::RateOutcome, types::RateError> {
+        if let Some(answer) = self.mocks.as_ref().and_then(|m| m.rate.get(&limit)) {
+            return answer.clone();
+        }
         self.services.rate_acquire(&limit, &key, cost).await
     }
 
     async fn jwks(&mut self, issuer: String) -> Result<String, types::JwksError> {
+        // Mocks are by issuer; the `#kid=` hint only steers the real cache.
+        let named = issuer.split_once("#kid=").map_or(issuer.as_str(), |(i, _)| i);
+        if let Some(answer) = self.mocks.as_ref().and_then(|m| m.jwks.get(named)) {
+            return answer.clone();
+        }
         // The generation is fixed before any key is seen (see `token_scope`).
         self.key_generation();
         self.services.jwks(&issuer).await
