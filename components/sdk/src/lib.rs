@@ -35,6 +35,8 @@ use alloc::vec::Vec;
 pub mod heap;
 pub mod json;
 pub mod list;
+#[cfg(feature = "settings")]
+pub mod settings;
 
 /// The generated bindings of world `policy-component`. Prefer the
 /// re-exports at the crate root.
