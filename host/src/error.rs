@@ -35,6 +35,12 @@ pub enum GatewayError {
         /// The limit.
         limit: u64,
     },
+    /// The body a route must read whole (`body_hmac`) did not arrive in time.
+    #[error("the request body did not arrive within {timeout_ms} ms")]
+    BodyTimeout {
+        /// The route's body read timeout.
+        timeout_ms: u64,
+    },
     /// The request could not be understood.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -87,6 +93,7 @@ impl GatewayError {
             GatewayError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Policy(f) => match f.class {
                 FailureClass::Capacity => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -101,7 +108,7 @@ impl GatewayError {
     /// Whose fault it was.
     pub fn fault(&self) -> Fault {
         match self {
-            GatewayError::HeadTooLarge { .. } | GatewayError::BodyTooLarge { .. } | GatewayError::BadRequest(_) => Fault::Downstream,
+            GatewayError::HeadTooLarge { .. } | GatewayError::BodyTooLarge { .. } | GatewayError::BodyTimeout { .. } | GatewayError::BadRequest(_) => Fault::Downstream,
             GatewayError::Policy(_) => Fault::Policy,
             GatewayError::UnknownRoute(_) | GatewayError::NoHealthyTarget { .. } | GatewayError::AuditUnavailable(_) => Fault::Internal,
             GatewayError::UpstreamConnect { .. } | GatewayError::UpstreamTimeout { .. } | GatewayError::UpstreamProtocol { .. } => Fault::Upstream,
@@ -118,6 +125,7 @@ impl GatewayError {
         match self {
             GatewayError::HeadTooLarge { .. } => "request-head-too-large".into(),
             GatewayError::BodyTooLarge { .. } => "request-body-too-large".into(),
+            GatewayError::BodyTimeout { .. } => "request-body-timeout".into(),
             GatewayError::BadRequest(_) => "bad-request".into(),
             GatewayError::Policy(f) => format!("policy-{}", f.class),
             GatewayError::UnknownRoute(_) => "unknown-route".into(),
@@ -134,6 +142,7 @@ impl GatewayError {
         match self {
             GatewayError::HeadTooLarge { limit, .. } => format!("The request head exceeds {limit} bytes."),
             GatewayError::BodyTooLarge { limit } => format!("The request body exceeds {limit} bytes."),
+            GatewayError::BodyTimeout { timeout_ms } => format!("The request body did not arrive within {timeout_ms} ms."),
             GatewayError::BadRequest(why) => why.clone(),
             GatewayError::Policy(f) => {
                 let what = match f.class {

@@ -62,6 +62,8 @@ pub struct RouteEntry {
     /// `[residency]` is configured. Without that fact the request fails
     /// closed, so a policy that forgot to decide cannot let data through.
     pub narrowed_by: Option<String>,
+    /// The body's HMAC for the route's policies (`[routes.body_hmac]`).
+    pub body_hmac: Option<Arc<crate::proxy::digest::BodyHmac>>,
 }
 
 /// One listener to bind.
@@ -170,6 +172,7 @@ impl Snapshot {
             }
         }
         let mut routes = HashMap::new();
+        let (mut secret_files, mut key_fingerprints) = (Vec::new(), Vec::new());
         for (i, r) in config.routes.iter().enumerate() {
             let mut chain = Vec::new();
             for c in &r.chain {
@@ -190,16 +193,34 @@ impl Snapshot {
                     chain.push(Link { policy: policy.clone(), overrides, hooks });
                 }
             }
+            let body_limit = r.body_limit.unwrap_or(config.gateway.max_request_body).0;
+            let body_hmac = match &r.body_hmac {
+                None => None,
+                Some(spec) => match crate::proxy::digest::BodyHmac::load(source, spec, i, body_limit) {
+                    Ok(h) => {
+                        if let Some(f) = &spec.secret_file {
+                            secret_files.push(source.resolve(f.get_ref()));
+                        }
+                        key_fingerprints.push(h.key_fingerprint);
+                        Some(Arc::new(h))
+                    }
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                },
+            };
             routes.insert(
                 r.name.get_ref().clone(),
                 RouteEntry {
                     name: r.name.get_ref().clone(),
                     chain,
                     pools: r.pools.iter().map(|p| p.get_ref().clone()).collect(),
-                    body_limit: r.body_limit.unwrap_or(config.gateway.max_request_body).0,
+                    body_limit,
                     websocket: r.websocket,
                     audit: r.audit.or(config.audit.as_ref().map(|a| a.mode)).unwrap_or_default(),
                     narrowed_by: residency.as_ref().map(|r| r.policy.clone()),
+                    body_hmac,
                 },
             );
         }
@@ -216,6 +237,9 @@ impl Snapshot {
         }
         for d in &digests {
             hasher.update(d.as_bytes());
+        }
+        for k in &key_fingerprints {
+            hasher.update(k);
         }
         let version = hex::encode(&hasher.finalize()[..6]);
 
@@ -248,6 +272,7 @@ impl Snapshot {
             watch_paths: std::iter::once(source.file.clone())
                 .chain(config.policies.values().filter(|d| !d.component.get_ref().starts_with("builtin:")).map(|d| source.resolve(d.component.get_ref())))
                 .chain(residency.as_ref().map(|r| r.file.clone()))
+                .chain(secret_files)
                 .collect(),
             watch: config.gateway.watch,
             shutdown_grace: std::time::Duration::from_millis(config.gateway.shutdown_grace_ms),

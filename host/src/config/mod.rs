@@ -466,4 +466,34 @@ pub struct Route {
     /// `"durable"` or `"async"`: when this route's audit record must be on disk (default `[audit] mode`).
     #[serde(default)]
     pub audit: Option<crate::audit::Durability>,
+    /// Have the host read the body (bounded) and give the route's policies
+    /// its HMAC-SHA256 as fact `body.hmac-sha256` (webhook signatures).
+    #[serde(default)]
+    pub body_hmac: Option<BodyHmac>,
+}
+
+/// `[routes.body_hmac]`: the body's HMAC-SHA256, computed by the host before
+/// the route's policies run. Policies see request heads only; this is how a
+/// policy checks a signature over the body without ever seeing the body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BodyHmac {
+    /// File holding the HMAC key (its bytes; one trailing newline ignored).
+    pub secret_file: Option<Spanned<String>>,
+    /// Environment variable holding the HMAC key.
+    pub secret_env: Option<Spanned<String>>,
+    /// Largest body read (413 above it); it is held in memory until forwarded.
+    #[serde(default = "default_hmac_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// How long the whole body may take to arrive (408 after it).
+    #[serde(default = "default_hmac_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_hmac_max_bytes() -> ByteSize {
+    ByteSize(1 << 20)
+}
+
+fn default_hmac_timeout_ms() -> u64 {
+    10_000
 }

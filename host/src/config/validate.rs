@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 
 /// Names a policy may not take: their fact namespaces belong to the host and router.
-const RESERVED_POLICY_NAMES: &[&str] = &["route", "gateway"];
+const RESERVED_POLICY_NAMES: &[&str] = &["route", "gateway", "body"];
 
 /// Validate references and values of a parsed configuration.
 pub fn validate(source: &Source, config: &Config) -> Result<(), ConfigErrors> {

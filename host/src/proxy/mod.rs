@@ -1,12 +1,13 @@
 //! The request path, one stage per module, read top to bottom:
 //!
 //! ```text
-//! listen ─► chain (router, then the route's policies) ─► route (pools, body limit)
+//! listen ─► chain (router, [digest: body HMAC], the route's policies) ─► route (pools, body limit)
 //!        ─► forward (upstream) ─► respond (on-response hooks, header edits)
 //!        ─► … body streams … ─► complete (on-complete hooks, audit record)
 //! ```
 
 pub mod chain;
+pub mod digest;
 pub mod forward;
 pub mod listen;
 pub mod respond;
@@ -109,9 +110,10 @@ async fn handle_request(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>
         facts: Vec::new(),
     };
     let mut run = ChainRun::new(head, std::mem::take(&mut parts.headers));
+    let mut body: ProxyBody = body.map_err(|e: hyper::Error| -> crate::body::BoxError { Box::new(e) }).boxed();
 
     // Chain stage.
-    let (end, route_name) = chain::run(&snap, &mut run).await;
+    let (end, route_name) = chain::run(&snap, &mut run, &mut body).await;
     record.route = route_name.clone();
     let route = route_name.as_ref().and_then(|n| snap.routes.get(n));
     let route_ref = route.map(|r| r.name.clone());
