@@ -19,3 +19,4 @@ mod security_headers;
 mod shutdown;
 mod streaming;
 mod upstreams;
+mod webhook;

@@ -44,7 +44,7 @@ impl Upstream {
     /// - `/download/<bytes>`: streams that many bytes;
     /// - `/health`: 200;
     /// - `/leaky`: 200 with `server`, `x-powered-by`, `vary: Accept-Encoding` and its own `access-control-allow-origin: *` (for the security-headers tests);
-    /// - anything else: JSON echo of method, path, headers and the number of body bytes read (uploads stream through and are counted, not kept).
+    /// - anything else: JSON echo of method, path, headers, the number of body bytes read and their SHA-256 (uploads stream through and are counted, not kept).
     pub async fn start(name: &str) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -127,12 +127,15 @@ async fn answer(name: String, mut req: Request<Incoming>) -> Result<Response<Box
     let method = req.method().to_string();
     let mut body = req.into_body();
     let mut read = 0u64;
+    let mut digest = <sha2::Sha256 as sha2::Digest>::new();
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
             read += data.len() as u64;
+            sha2::Digest::update(&mut digest, &data);
         }
     }
-    let json = serde_json::json!({ "service": name, "method": method, "path": path, "headers": headers, "body_bytes": read });
+    let body_sha256 = hex::encode(sha2::Digest::finalize(digest));
+    let json = serde_json::json!({ "service": name, "method": method, "path": path, "headers": headers, "body_bytes": read, "body_sha256": body_sha256 });
     let mut resp = Response::new(full(json.to_string()));
     resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
     Ok(resp)

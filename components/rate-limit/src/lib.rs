@@ -45,7 +45,7 @@ extern crate alloc;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use portcullis_sdk::{Edits, Level, RateError, RequestHead, Verdict, audit, export_policy, limit_policy, log, problem, rate_acquire, settings, trap};
+use portcullis_sdk::{Edits, Level, RateError, RequestHead, Verdict, audit, export_policy, field, limit_policy, log, problem, rate_acquire, settings, trap};
 
 pub mod rules;
 
@@ -53,10 +53,6 @@ use rules::{ceil_secs, key_of, ratelimit_item};
 
 /// The rate-limit policy.
 pub struct RateLimit;
-
-fn field(k: &str, v: impl Into<String>) -> (String, String) {
-    (k.to_string(), v.into())
-}
 
 impl portcullis_sdk::Policy for RateLimit {
     fn check_config() -> Result<(), String> {

@@ -77,6 +77,11 @@ pub use host::{
 };
 pub use io::{jwks, rate_acquire};
 
+/// One audit field, for [`audit`]: `audit(&[field("outcome", "ok")])`.
+pub fn field(key: &str, value: impl Into<String>) -> (String, String) {
+    (String::from(key), value.into())
+}
+
 /// A `check-config` error naming a setting: `setting "<key>": <reason>`.
 pub fn setting_error(key: &str, reason: &str) -> String {
     let mut e = String::with_capacity(16 + key.len() + reason.len());
