@@ -11,6 +11,7 @@ pub mod demo;
 pub mod error;
 pub mod jwks;
 pub mod metrics;
+pub mod policy_new;
 pub mod policy_test;
 pub mod pool;
 pub mod proxy;

@@ -87,6 +87,18 @@ enum PolicyCommand {
         #[arg(required = true)]
         cases: Vec<PathBuf>,
     },
+    /// Create a policy crate that builds, passes its own cases and loads in the gateway.
+    New {
+        /// The policy's name: lower-case letters, digits and '-' (also its fact namespace).
+        name: String,
+        /// Where to create it; inside the components workspace (`components`) it becomes a member.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The SDK crate (components/sdk), for a policy outside the components workspace;
+        /// default: the one next to the sources this binary was built from.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -131,6 +143,18 @@ fn main() -> ExitCode {
                 Ok(_) => ExitCode::FAILURE,
                 Err(e) => {
                     eprintln!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+            Command::Policy { command: PolicyCommand::New { name, dir, sdk } } => match portcullis::policy_new::create(&name, &dir, sdk.as_deref()) {
+                Ok(created) => {
+                    println!("created {}", created.dir.display());
+                    println!("next: cd {} && {}", created.dir.display(), created.build);
+                    println!("then: portcullis policy test {}", created.cases.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("policy new: {e:#}");
                     ExitCode::FAILURE
                 }
             },

@@ -8,6 +8,7 @@ mod check;
 mod clients;
 mod hostile;
 mod policy_cases;
+mod policy_new;
 mod rate_limit;
 mod jwt;
 mod jwt_cache;
