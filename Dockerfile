@@ -34,10 +34,14 @@ RUN mkdir -p /out/cache \
 
 FROM debian:bookworm-slim AS run
 # curl for the HEALTHCHECK; ca-certificates for the TLS part of the gateway.
+# Unpinned: bookworm's point releases replace these versions, and a pin
+# would break the build rather than make it reproducible.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --user-group --home-dir /nonexistent --shell /usr/sbin/nologin portcullis \
+    && groupadd --system --gid 10001 portcullis \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin portcullis \
     && mkdir -p /var/lib/portcullis/audit /var/cache/portcullis /opt/portcullis \
     && chown portcullis:portcullis /var/lib/portcullis/audit /var/cache/portcullis
 COPY --from=build /src/target/release/portcullis /usr/local/bin/portcullis
@@ -47,7 +51,8 @@ COPY --from=build /src/target/components/wasm32-wasip2/release/jwt_auth.wasm /sr
 COPY --from=build --chown=portcullis:portcullis /out/cache /var/cache/portcullis
 COPY policies /opt/portcullis/policies
 WORKDIR /opt/portcullis
-USER portcullis:portcullis
+# Numeric, so a runtime that checks "non-root" without /etc/passwd can.
+USER 10001:10001
 ENV PORTCULLIS_LOG=info
 EXPOSE 8080
 VOLUME ["/var/lib/portcullis/audit"]
