@@ -181,12 +181,13 @@ async fn procare_a_patient_reaches_clinical_monitor_and_not_doctor_only_routes()
     let jwks = JwksServer::start(jwks_of(&[&key])).await;
     let gw = Gateway::start(&localize(config, &addrs(&services), Some(jwks.addr)));
 
-    let token = |roles: &[&str]| {
+    let token_from = |roles: &[&str], residency: &str, consent: &[&str]| {
         key.sign(&json!({
             "iss": issuer, "sub": "patient-42", "aud": "procare-api", "exp": now() + 300, "iat": now() - 5,
-            "realm_access": {"roles": roles}, "residency": "EU",
+            "realm_access": {"roles": roles}, "residency": residency, "consent": {"residency": consent},
         }))
     };
+    let token = |roles: &[&str]| token_from(roles, "EU", &[]);
     let patient = format!("Bearer {}", token(&["patient"]));
     let doctor = format!("Bearer {}", token(&["doctor"]));
     let host = ("host", "api.procare.health");
@@ -221,6 +222,20 @@ async fn procare_a_patient_reaches_clinical_monitor_and_not_doctor_only_routes()
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     assert_eq!(a.json()["service"], "doctor-bridge");
     assert_problem(&get(&gw.url("/api/doctor/inbox"), &[host]).await, 401);
+
+    // The India rule (regions.toml): an Indian patient's health data goes
+    // to the EU only with recorded consent; ProCare has no pool in India,
+    // so without consent the answer is 451 and nothing is forwarded.
+    let before = services["clinical-monitor"].requests().len();
+    let indian = format!("Bearer {}", token_from(&["patient"], "IN", &[]));
+    let p = assert_problem(&get(&gw.url("/api/clinical/vitals"), &[host, ("authorization", &indian)]).await, 451);
+    assert!(p.to_string().contains("in-health"), "the 451 names the rule: {p}");
+    assert_eq!(services["clinical-monitor"].requests().len(), before);
+    let consenting = format!("Bearer {}", token_from(&["patient"], "IN", &["eu-processing"]));
+    let a = get(&gw.url("/api/clinical/vitals"), &[host, ("authorization", &consenting)]).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["service"], "clinical-monitor", "with consent: the EU pool");
+    assert!(services["clinical-monitor-ash"].requests().is_empty());
 
     // The doctor dashboard's origin is a CORS origin of the API.
     let a = get(&gw.url("/api/clinical/vitals"), &[host, ("authorization", &patient), ("origin", "https://doctor.procare.health")]).await;
