@@ -72,12 +72,36 @@ fn a_good_config_checks_ok_and_serve_refuses_a_bad_one() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown pool \"ghost\""));
 }
 
+/// Every gateway config in `policies/` (the demo's and the four platforms')
+/// passes `portcullis check`. A TOML file there without listeners is a
+/// residency regions file, and some config must name it.
 #[test]
-fn the_embedded_dev_config_and_the_examples_check_ok() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for file in ["policies/dev.toml", "policies/gateway.toml"] {
-        let out = run_check(&root.join(file));
-        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+fn the_embedded_dev_config_and_every_platform_config_check_ok() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let mut configs = Vec::new();
+    let mut regions_files = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let table: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if table.contains_key("listeners") { configs.push((name, table)) } else { regions_files.push(name) }
+    }
+    configs.sort_by(|a, b| a.0.cmp(&b.0));
+    let names: Vec<&str> = configs.iter().map(|(n, _)| n.as_str()).collect();
+    for expected in ["dev.toml", "healthcare-backend.toml", "nutri.toml", "prescripcare.toml", "procare.toml"] {
+        assert!(names.contains(&expected), "policies/{expected} is missing (found {names:?})");
+    }
+    for (name, _) in &configs {
+        let out = run_check(&dir.join(name));
+        assert!(out.status.success(), "policies/{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("ok ("), "policies/{name}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    for regions in &regions_files {
+        let named = configs.iter().any(|(_, t)| t.get("residency").and_then(|r| r.get("regions")).and_then(|v| v.as_str()) == Some(regions.as_str()));
+        assert!(named, "policies/{regions} has no [[listeners]] and no config names it as [residency] regions");
     }
 }
 

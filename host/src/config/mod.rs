@@ -340,6 +340,11 @@ pub struct Pool {
     /// Active health checks; none when absent.
     #[serde(default)]
     pub health: Option<HealthCheck>,
+    /// Reached only by other services on the private network, never from
+    /// outside: routes are served on every listener, so `check` refuses any
+    /// route that names an internal pool (Nutri's ML service).
+    #[serde(default)]
+    pub internal: bool,
 }
 
 fn default_connect_timeout() -> u64 {
@@ -404,6 +409,7 @@ impl Pool {
             && self.idle_timeout_ms == other.idle_timeout_ms
             && self.passive == other.passive
             && self.health == other.health
+            && self.internal == other.internal
     }
 }
 

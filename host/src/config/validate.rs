@@ -117,6 +117,14 @@ pub fn validate(source: &Source, config: &Config) -> Result<(), ConfigErrors> {
         for (j, p) in r.pools.iter().enumerate() {
             if !pool_names.contains(p.get_ref().as_str()) {
                 errors.push(source.error_at(p, format!("routes[{i}].pools[{j}]"), format!("unknown pool {:?} (pools: {})", p.get_ref(), list(pool_names.iter().copied()))));
+            } else if let Some(k) = config.pools.iter().position(|pool| pool.internal && pool.name.get_ref() == p.get_ref()) {
+                // Every listener serves every route, so a route to an internal
+                // pool would make it reachable from outside.
+                errors.push(source.error_at(
+                    p,
+                    format!("routes[{i}].pools[{j}]"),
+                    format!("pool {:?} is internal (pools[{k}].internal = true): routes are served on every listener, so no route may reach it", p.get_ref()),
+                ));
             }
         }
         let mut seen = HashSet::new();
