@@ -47,7 +47,7 @@ RUN apt-get update \
 COPY --from=build /src/target/release/portcullis /usr/local/bin/portcullis
 # Same layout as the repository, so the configs' relative component paths
 # (../target/components/wasm32-wasip2/release/*.wasm) resolve unchanged.
-COPY --from=build /src/target/components/wasm32-wasip2/release/jwt_auth.wasm /src/target/components/wasm32-wasip2/release/rate_limit.wasm /src/target/components/wasm32-wasip2/release/residency.wasm /src/target/components/wasm32-wasip2/release/security_headers.wasm /opt/portcullis/target/components/wasm32-wasip2/release/
+COPY --from=build /src/target/components/wasm32-wasip2/release/jwt_auth.wasm /src/target/components/wasm32-wasip2/release/rate_limit.wasm /src/target/components/wasm32-wasip2/release/residency.wasm /src/target/components/wasm32-wasip2/release/security_headers.wasm /src/target/components/wasm32-wasip2/release/webhook_signature.wasm /opt/portcullis/target/components/wasm32-wasip2/release/
 COPY --from=build --chown=portcullis:portcullis /out/cache /var/cache/portcullis
 COPY policies /opt/portcullis/policies
 WORKDIR /opt/portcullis

@@ -36,6 +36,7 @@ fn built_component(path: &str) -> &'static str {
         Some("rate_limit.wasm") => env!("PORTCULLIS_RATE_LIMIT_WASM"),
         Some("residency.wasm") => env!("PORTCULLIS_RESIDENCY_WASM"),
         Some("security_headers.wasm") => env!("PORTCULLIS_SECURITY_HEADERS_WASM"),
+        Some("webhook_signature.wasm") => env!("PORTCULLIS_WEBHOOK_SIGNATURE_WASM"),
         other => panic!("no built component for {path} ({other:?})"),
     }
 }
@@ -173,7 +174,11 @@ fn addrs(stand_ins: &BTreeMap<String, StandIn>) -> BTreeMap<&str, SocketAddr> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn procare_a_patient_reaches_clinical_monitor_and_not_doctor_only_routes() {
-    let config = load("procare.toml");
+    let mut config = load("procare.toml");
+    // The operator's Evolution API key: its digest replaces the shipped one.
+    const EVOLUTION_KEY: &str = "evolution-instance-key-of-the-test";
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(EVOLUTION_KEY.as_bytes()));
+    config["policies"]["whatsapp-webhook"]["settings"]["api-key-sha256"] = Toml::Array(vec![digest.into()]);
     let services = stand_ins(&config).await;
     // The issuer's own settings, read from the file.
     let issuer = config["policies"]["jwt"]["settings"]["issuers"]["procare"]["issuer"].as_str().unwrap().to_string();
@@ -240,6 +245,17 @@ async fn procare_a_patient_reaches_clinical_monitor_and_not_doctor_only_routes()
     // The doctor dashboard's origin is a CORS origin of the API.
     let a = get(&gw.url("/api/clinical/vitals"), &[host, ("authorization", &patient), ("origin", "https://doctor.procare.health")]).await;
     assert_eq!(a.header("access-control-allow-origin"), Some("https://doctor.procare.health"));
+
+    // The WhatsApp webhook (Evolution API): its apikey is checked before the
+    // engagement engine sees anything; the key itself is not forwarded.
+    let before = services["engagement-engine"].requests().len();
+    assert_problem(&request("POST", &gw.url("/webhooks/whatsapp"), &[host]).await, 401);
+    assert_problem(&request("POST", &gw.url("/webhooks/whatsapp"), &[host, ("apikey", "a-guess")]).await, 401);
+    assert_eq!(services["engagement-engine"].requests().len(), before, "a refused webhook reached the service");
+    let a = request("POST", &gw.url("/webhooks/whatsapp"), &[host, ("apikey", EVOLUTION_KEY)]).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["service"], "engagement-engine");
+    assert!(a.json()["headers"].get("apikey").is_none(), "strip-header: the key stays at the gateway");
 }
 
 // ---------------------------------------------------------------------------
