@@ -9,13 +9,11 @@
 
 use crate::jwt::{JwksServer, Key, jwks_of, now};
 use crate::support::*;
-use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use toml::{Table, Value as Toml};
 
@@ -103,69 +101,17 @@ fn localize(mut config: Table, targets: &BTreeMap<&str, SocketAddr>, jwks: Optio
     toml::to_string(&config).unwrap()
 }
 
-/// A stand-in service on loopback that answers every request with a JSON
-/// echo (service, method, path, headers) and records the paths it saw.
-struct StandIn {
-    addr: SocketAddr,
-    connections: Arc<AtomicU64>,
-    paths: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for StandIn {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl StandIn {
-    async fn start(name: &str) -> StandIn {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (connections, paths) = (Arc::new(AtomicU64::new(0)), Arc::new(Mutex::new(Vec::new())));
-        let (c, p, name) = (connections.clone(), paths.clone(), name.to_string());
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                c.fetch_add(1, Ordering::SeqCst);
-                let (p, name) = (p.clone(), name.clone());
-                conns.spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        p.lock().unwrap().push(req.uri().path().to_string());
-                        let headers: serde_json::Map<String, Value> =
-                            req.headers().iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned().into())).collect();
-                        let body = json!({"service": name, "method": req.method().as_str(), "path": req.uri().path(), "headers": headers}).to_string();
-                        async move {
-                            let mut resp = http::Response::new(http_body_util::Full::new(Bytes::from(body)));
-                            resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
-                            Ok::<_, std::convert::Infallible>(resp)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
-                });
-            }
-        });
-        StandIn { addr, connections, paths, task }
-    }
-
-    /// Paths received, health probes left out.
-    fn requests(&self) -> Vec<String> {
-        self.paths.lock().unwrap().iter().filter(|p| *p != "/health").cloned().collect()
-    }
-}
-
-/// One stand-in per pool of the config, named after the pool.
-async fn stand_ins(config: &Table) -> BTreeMap<String, StandIn> {
+/// One stand-in (an echoing upstream) per pool of the config, named after the pool.
+async fn stand_ins(config: &Table) -> BTreeMap<String, Upstream> {
     let mut all = BTreeMap::new();
     for pool in config["pools"].as_array().unwrap() {
         let name = pool["name"].as_str().unwrap().to_string();
-        all.insert(name.clone(), StandIn::start(&name).await);
+        all.insert(name.clone(), Upstream::start(&name).await);
     }
     all
 }
 
-fn addrs(stand_ins: &BTreeMap<String, StandIn>) -> BTreeMap<&str, SocketAddr> {
+fn addrs(stand_ins: &BTreeMap<String, Upstream>) -> BTreeMap<&str, SocketAddr> {
     stand_ins.iter().map(|(k, s)| (k.as_str(), s.addr)).collect()
 }
 

@@ -29,6 +29,8 @@ pub struct Upstream {
     pub connections: Arc<AtomicU64>,
     /// Requests answered so far.
     pub requests: Arc<AtomicU64>,
+    /// The path of each request, in arrival order.
+    pub paths: Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -50,22 +52,29 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicU64::new(0));
         let requests = Arc::new(AtomicU64::new(0));
-        let (c, r, name) = (connections.clone(), requests.clone(), name.to_string());
+        let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, r, p, name) = (connections.clone(), requests.clone(), paths.clone(), name.to_string());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 c.fetch_add(1, Ordering::SeqCst);
-                let (r, name) = (r.clone(), name.clone());
+                let (r, p, name) = (r.clone(), p.clone(), name.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
+                    let svc = service_fn(move |req: Request<Incoming>| {
                         r.fetch_add(1, Ordering::SeqCst);
+                        p.lock().unwrap().push(req.uri().path().to_string());
                         answer(name.clone(), req)
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
                 });
             }
         });
-        Upstream { addr, connections, requests, task }
+        Upstream { addr, connections, requests, paths, task }
+    }
+
+    /// Paths received, active health probes (`/health`) left out.
+    pub fn requests(&self) -> Vec<String> {
+        self.paths.lock().unwrap().iter().filter(|p| *p != "/health").cloned().collect()
     }
 
     /// A server that accepts TCP connections and closes them at once (a broken upstream).
@@ -81,7 +90,7 @@ impl Upstream {
                 drop(stream);
             }
         });
-        Upstream { addr, connections, requests: Arc::new(AtomicU64::new(0)), task }
+        Upstream { addr, connections, requests: Arc::new(AtomicU64::new(0)), paths: Default::default(), task }
     }
 }
 
