@@ -32,7 +32,7 @@
 //! | setting | type | default | meaning |
 //! |---|---|---|---|
 //! | `limit` | name | the rule's name | a `[[limits]]` entry of the gateway config |
-//! | `key` | list | — | parts joined into the key: `ip`, `route`, `method`, `fact:<name>` (e.g. `fact:jwt.sub`), `header:<name>` (e.g. `header:x-api-key`) |
+//! | `key` | list | — | parts joined into the key: `ip` (an IPv6 client by its /64), `route`, `method`, `fact:<name>` (e.g. `fact:jwt.sub`), `header:<name>` (e.g. `header:x-api-key`) |
 //! | `cost` | integer ≥ 1 | `1` | units taken per request |
 //! | `enabled` | bool | `true` | `false` switches the rule off (per route) |
 //!

@@ -16,7 +16,8 @@ const RULE_KEYS: [&str; 4] = ["limit", "key", "cost", "enabled"];
 /// One part of a rule's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyPart {
-    /// The client's address (`request-head.client-ip`).
+    /// The client's address (`request-head.client-ip`); IPv6 clients by
+    /// their /64 (see [`client_network`]).
     Ip,
     /// The route's name.
     Route,
@@ -127,6 +128,24 @@ pub fn parse(pairs: &[(String, String)]) -> Result<Vec<Rule>, String> {
     Ok(rules)
 }
 
+/// The budget an address draws on: an IPv4 address itself (an IPv4-mapped
+/// IPv6 address too), an IPv6 address by its /64. One IPv6 subscriber gets
+/// a whole /64 (RFC 6177) and can rotate addresses inside it at will, so a
+/// per-address budget would be no budget at all.
+pub fn client_network(ip: &str) -> String {
+    match ip.parse::<core::net::Ipv6Addr>() {
+        Ok(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                let net = core::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+                format!("{net}/64")
+            }
+        },
+        Err(_) => ip.to_string(),
+    }
+}
+
 /// The rule's key for this request, or `None` when a part is absent (a
 /// per-subject rule does not apply to an anonymous request). Parts are
 /// joined with the contract's list encoding, so no two requests with
@@ -135,7 +154,7 @@ pub fn key_of(rule: &Rule, req: &RequestHead) -> Option<String> {
     let mut parts: Vec<String> = Vec::with_capacity(rule.key.len());
     for part in &rule.key {
         let value = match part {
-            KeyPart::Ip => req.client_ip.clone(),
+            KeyPart::Ip => client_network(&req.client_ip),
             KeyPart::Route => req.route.clone()?,
             KeyPart::Method => req.method.clone(),
             KeyPart::Fact(name) => fact(req, name).filter(|v| !v.is_empty())?.to_string(),
@@ -227,6 +246,16 @@ mod tests {
         let r = req();
         let rule = |key: Vec<KeyPart>| Rule { name: "a".into(), limit: "a".into(), key, cost: 1 };
         assert_eq!(key_of(&rule(vec![KeyPart::Ip]), &r).unwrap(), "10.0.0.7");
+        // IPv6: one budget per /64, whichever address of it a client uses.
+        let mut v6 = req();
+        v6.client_ip = "2001:db8:1:2:aaaa::1".into();
+        assert_eq!(key_of(&rule(vec![KeyPart::Ip]), &v6).unwrap(), "2001:db8:1:2::/64");
+        v6.client_ip = "2001:db8:1:2:ffff:ffff:ffff:fffe".into();
+        assert_eq!(key_of(&rule(vec![KeyPart::Ip]), &v6).unwrap(), "2001:db8:1:2::/64");
+        v6.client_ip = "2001:db8:1:3::1".into();
+        assert_eq!(key_of(&rule(vec![KeyPart::Ip]), &v6).unwrap(), "2001:db8:1:3::/64");
+        v6.client_ip = "::ffff:192.0.2.9".into();
+        assert_eq!(key_of(&rule(vec![KeyPart::Ip]), &v6).unwrap(), "192.0.2.9");
         assert_eq!(key_of(&rule(vec![KeyPart::Fact("jwt.sub".into()), KeyPart::Route]), &r).unwrap(), "patient-42,notifications");
         // A comma inside a part is escaped, so ("k,1") differs from ("k", "1").
         assert_eq!(key_of(&rule(vec![KeyPart::Header("x-api-key".into())]), &r).unwrap(), "k%2C1");
