@@ -41,6 +41,23 @@ pub struct Link {
     pub overrides: Option<Settings>,
     /// Hooks it declared with these settings.
     pub hooks: Hooks,
+    /// Its verified-token cache scope, but for the key generation.
+    pub token_scope: crate::token_cache::ScopeBase,
+}
+
+impl Link {
+    /// A link of `policy` with a route's `overrides`.
+    pub fn new(policy: Arc<LoadedPolicy>, overrides: Option<Settings>, hooks: Hooks) -> Link {
+        let token_scope = crate::token_cache::ScopeBase::new(&policy.name, &policy.module.fingerprint(), &policy.settings, overrides.as_ref());
+        Link { policy, overrides, hooks, token_scope }
+    }
+
+    /// Store data for one hook call of this link.
+    pub fn state(&self, request_id: &str, snap: &Snapshot) -> crate::runtime::PolicyState {
+        let mut state = crate::runtime::PolicyState::new(self.policy.name.clone(), request_id.into(), self.policy.settings.clone(), self.overrides.clone(), snap.runtime.memory_cap(), snap.services.clone());
+        state.token_scope_base = Some(self.token_scope);
+        state
+    }
 }
 
 /// A route as the host needs it after the router named it.
@@ -190,7 +207,7 @@ impl Snapshot {
                     },
                 };
                 if let Some(hooks) = hooks {
-                    chain.push(Link { policy: policy.clone(), overrides, hooks });
+                    chain.push(Link::new(policy.clone(), overrides, hooks));
                 }
             }
             let body_limit = r.body_limit.unwrap_or(config.gateway.max_request_body).0;
@@ -228,7 +245,7 @@ impl Snapshot {
             return Err(ConfigErrors(errors));
         }
         let router_policy = policies[&router_name].clone();
-        let router = Link { hooks: checked[&router_name], policy: router_policy, overrides: None };
+        let router = Link::new(router_policy, None, checked[&router_name]);
 
         let mut hasher = Sha256::new();
         hasher.update(source.text.as_bytes());

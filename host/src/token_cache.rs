@@ -59,10 +59,20 @@ pub const MAX_TTL: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Scope([u8; 32]);
 
-impl Scope {
-    /// The scope of `policy` built as `component` (its SHA-256) running with
-    /// `settings` (the effective ones, in key order) under `key_generation`.
-    pub fn new<'a>(policy: &str, component: &[u8], settings: impl IntoIterator<Item = (&'a str, &'a str)>, key_generation: [u64; 2]) -> Scope {
+/// The part of a scope a chain link fixes: policy, component build and
+/// effective settings. Computed once per link when a snapshot is built, so
+/// a request hashes only its 32 bytes and the key generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScopeBase([u8; 32]);
+
+impl ScopeBase {
+    /// `policy` built as `component` (its SHA-256) with `settings` and the
+    /// route's `overrides` merged over them.
+    pub fn new(policy: &str, component: &[u8], settings: &Settings, overrides: Option<&Settings>) -> ScopeBase {
+        let mut merged: BTreeMap<&str, &str> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        for (k, v) in overrides.into_iter().flat_map(|o| o.iter()) {
+            merged.insert(k, v);
+        }
         let mut h = Sha256::new();
         let mut field = |bytes: &[u8]| {
             h.update((bytes.len() as u64).to_le_bytes());
@@ -71,23 +81,28 @@ impl Scope {
         field(b"portcullis verified-token scope v1");
         field(policy.as_bytes());
         field(component);
-        for (k, v) in settings {
+        for (k, v) in merged {
             field(k.as_bytes());
             field(v.as_bytes());
         }
-        field(&key_generation[0].to_le_bytes());
-        field(&key_generation[1].to_le_bytes());
-        Scope(h.finalize().into())
+        ScopeBase(h.finalize().into())
     }
 
+    /// The scope under the JWKS key generation `key_generation`.
+    pub fn with_generation(&self, key_generation: [u64; 2]) -> Scope {
+        let mut h = Sha256::new();
+        h.update(self.0);
+        h.update(key_generation[0].to_le_bytes());
+        h.update(key_generation[1].to_le_bytes());
+        Scope(h.finalize().into())
+    }
+}
+
+impl Scope {
     /// The scope of a policy instance: its settings with the route's
-    /// overrides merged over them.
+    /// overrides merged over them, under `key_generation`.
     pub fn of(policy: &str, component: &[u8], settings: &Settings, overrides: Option<&Settings>, key_generation: [u64; 2]) -> Scope {
-        let mut merged: BTreeMap<&str, &str> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        for (k, v) in overrides.into_iter().flat_map(|o| o.iter()) {
-            merged.insert(k, v);
-        }
-        Scope::new(policy, component, merged, key_generation)
+        ScopeBase::new(policy, component, settings, overrides).with_generation(key_generation)
     }
 }
 

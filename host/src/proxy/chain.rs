@@ -7,7 +7,7 @@ use super::respond::{header_pair, reply_to_response};
 use crate::body::ProxyBody;
 use crate::error::GatewayError;
 use crate::runtime::bindings::types::{self, Verdict};
-use crate::runtime::{FailureClass, PolicyFailure, PolicyState, hooks};
+use crate::runtime::{FailureClass, PolicyFailure, hooks};
 use crate::snapshot::{Link, RouteEntry, Snapshot};
 use http::{HeaderMap, Response};
 use http_body_util::BodyExt;
@@ -116,7 +116,7 @@ pub async fn run(snap: &Arc<Snapshot>, run: &mut ChainRun, body: &mut ProxyBody)
 async fn step(snap: &Snapshot, route: Option<&RouteEntry>, which: LinkRef, run: &mut ChainRun) -> Result<Option<ChainEnd>, GatewayError> {
     let link = which.get(snap, route);
     let policy = &link.policy;
-    let state = PolicyState::new(policy.name.clone(), run.head.id.as_str().into(), policy.settings.clone(), link.overrides.clone(), snap.runtime.memory_cap(), snap.services.clone());
+    let state = link.state(&run.head.id, snap);
     let (verdict, audit) = hooks::on_request(&snap.runtime, &policy.module, state, &run.head).await;
     run.add_audit(&policy.name, audit);
     run.ran.push(which);

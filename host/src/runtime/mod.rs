@@ -288,6 +288,11 @@ pub struct PolicyModule {
 }
 
 impl PolicyModule {
+    /// SHA-256 of the component bytes.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
     /// Whether calls run on a fiber (the policy imports `io`, which may wait).
     pub fn is_async(&self) -> bool {
         self.is_async

@@ -6,7 +6,7 @@ use super::bindings::portcullis::gateway::{host, io, types};
 use super::mocks::HostMocks;
 use super::settings::Settings;
 use super::services::Services;
-use crate::token_cache::Scope;
+use crate::token_cache::{Scope, ScopeBase};
 use std::sync::Arc;
 use wasmtime::ResourceLimiter;
 
@@ -40,6 +40,9 @@ pub struct PolicyState {
     key_generation: Option<[u64; 2]>,
     /// The verified-token cache scope, computed at first use.
     token_scope: Option<Scope>,
+    /// The scope's part fixed by the chain link (computed at snapshot
+    /// build); without it the scope is computed from the settings.
+    pub token_scope_base: Option<ScopeBase>,
     /// Canned host answers (`policy test` only; `None` in the gateway).
     pub mocks: Option<std::sync::Arc<HostMocks>>,
 }
@@ -59,6 +62,7 @@ impl PolicyState {
             component: [0; 32],
             key_generation: None,
             token_scope: None,
+            token_scope_base: None,
             mocks: None,
         }
     }
@@ -74,7 +78,10 @@ impl PolicyState {
             return s;
         }
         let generation = self.key_generation();
-        let scope = Scope::of(&self.policy, &self.component, &self.settings, self.overrides.as_ref(), generation);
+        let scope = match self.token_scope_base {
+            Some(base) => base.with_generation(generation),
+            None => Scope::of(&self.policy, &self.component, &self.settings, self.overrides.as_ref(), generation),
+        };
         self.token_scope = Some(scope);
         scope
     }
