@@ -24,7 +24,15 @@
 //! `expect` checks only what it names: `verdict` (`proceed`/`respond`),
 //! `status`, `headers` (of a reply), `body_contains`, `set_headers`,
 //! `remove_headers`, `facts`, `response_headers`, `audit` (fields passed to
-//! `host.audit`). A failing case prints each field that differs.
+//! `host.audit`, by any hook). A failing case prints each field that differs.
+//!
+//! The later hooks run when a case gives what they take: `response = {
+//! status = 200, headers = { server = "nginx" }, source = "upstream" }` runs
+//! `on-response` (on the head with this policy's facts added) and
+//! `expect.on_response = { set_headers = {...}, remove_headers = [...],
+//! not_set = [...] }` checks its edits; `completion = { status = 200,
+//! bytes_out = 12, outcome = "ok" }` runs `on-complete`, whose audit fields
+//! join `expect.audit`. Each needs the policy to declare the hook.
 //!
 //! Host answers can be mocked, for the whole file (`[host]`) or one case
 //! (`[case.host]`, which wins key by key):
@@ -188,7 +196,62 @@ struct Case {
     #[serde(default)]
     host: HostTable,
     request: Request,
+    /// A response head to run `on-response` on (after `on-request`).
+    response: Option<ResponseCase>,
+    /// A completion to run `on-complete` on (its audit fields join `expect.audit`).
+    completion: Option<CompletionCase>,
     expect: Expect,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResponseCase {
+    #[serde(default = "ok_status")]
+    status: u16,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default = "upstream")]
+    source: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompletionCase {
+    #[serde(default = "ok_status")]
+    status: u16,
+    #[serde(default)]
+    bytes_in: u64,
+    #[serde(default)]
+    bytes_out: u64,
+    #[serde(default)]
+    duration_us: u64,
+    upstream: Option<String>,
+    region: Option<String>,
+    #[serde(default = "ok_outcome")]
+    outcome: String,
+}
+
+fn ok_status() -> u16 {
+    200
+}
+fn upstream() -> String {
+    "upstream".into()
+}
+fn ok_outcome() -> String {
+    "ok".into()
+}
+
+/// What `on-response` should have done.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ExpectResponse {
+    #[serde(default)]
+    set_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    remove_headers: Vec<String>,
+    /// Header names that must not be set.
+    #[serde(default)]
+    not_set: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -245,6 +308,8 @@ struct Expect {
     response_headers: BTreeMap<String, String>,
     #[serde(default)]
     audit: BTreeMap<String, String>,
+    /// Edits `on-response` made (needs `response` in the case).
+    on_response: Option<ExpectResponse>,
 }
 
 /// Run every case file; prints a line per case and a summary. Returns (passed, failed).
@@ -348,13 +413,69 @@ async fn run_file(file: &Path, runtime: &Arc<Runtime>, services: &Arc<Services>)
             route: case.route.clone(),
             facts: case.request.facts.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         };
-        let mut state = PolicyState::new(ut.name.clone(), "policy-test".into(), Arc::new(settings), overrides, runtime.memory_cap(), ut.services.clone());
-        state.mocks = Some(Arc::new(cf.host.merged(&case.host)));
-        let (verdict, audit) = hooks::on_request(runtime, ut.module.get(), state, &head).await;
-        let diffs = match verdict {
-            Ok(v) => compare(&case.expect, &v, &audit),
+        let mocks = Arc::new(cf.host.merged(&case.host));
+        let state_for = |mocks: &Arc<HostMocks>| {
+            let mut st = PolicyState::new(ut.name.clone(), "policy-test".into(), Arc::new(settings.clone()), overrides.clone(), runtime.memory_cap(), ut.services.clone());
+            st.mocks = Some(mocks.clone());
+            st
+        };
+        let (verdict, mut audit) = hooks::on_request(runtime, ut.module.get(), state_for(&mocks), &head).await;
+        let mut diffs = match &verdict {
+            Ok(v) => compare(&case.expect, v, &[]),
             Err(f) => vec![format!("the policy failed ({}): {}", f.class, f.detail)],
         };
+        // Later hooks see the head as the chain left it: this policy's facts added.
+        let mut later = head.clone();
+        if let Ok(types::Verdict::Proceed(edits)) = &verdict {
+            later.facts.extend(edits.facts.iter().cloned());
+        }
+        if case.response.is_some() || case.completion.is_some() {
+            let declared = hooks::hooks(runtime, ut.module.get(), state_for(&mocks)).await.unwrap_or(types::HookSet::empty());
+            if let Some(r) = &case.response {
+                if !declared.contains(types::HookSet::ON_RESPONSE) {
+                    diffs.push("on_response: the policy declares no on-response hook (with these settings)".into());
+                } else {
+                    let resp = types::ResponseHead {
+                        status: r.status,
+                        headers: r.headers.iter().map(|(k, v)| types::Header { name: k.to_ascii_lowercase(), value: v.as_bytes().to_vec() }).collect(),
+                        source: r.source.clone(),
+                    };
+                    let (edits, more) = hooks::on_response(runtime, ut.module.get(), state_for(&mocks), &later, &resp).await;
+                    audit.extend(more);
+                    match edits {
+                        Ok(e) => compare_response(&mut diffs, case.expect.on_response.as_ref(), &e),
+                        Err(f) => diffs.push(format!("on_response failed ({}): {}", f.class, f.detail)),
+                    }
+                }
+            } else if case.expect.on_response.is_some() {
+                diffs.push("on_response: expected edits, but the case gives no `response`".into());
+            }
+            if let Some(c) = &case.completion {
+                if declared.contains(types::HookSet::ON_COMPLETE) {
+                    let done = types::Completion {
+                        status: c.status,
+                        bytes_in: c.bytes_in,
+                        bytes_out: c.bytes_out,
+                        duration_us: c.duration_us,
+                        upstream: c.upstream.clone(),
+                        region: c.region.clone(),
+                        outcome: c.outcome.clone(),
+                        verdicts: vec![(ut.name.to_string(), if matches!(verdict, Ok(types::Verdict::Proceed(_))) { "proceed".into() } else { "respond".into() })],
+                        facts: later.facts.clone(),
+                    };
+                    let (r, more) = hooks::on_complete(runtime, ut.module.get(), state_for(&mocks), &later, &done).await;
+                    audit.extend(more);
+                    if let Err(f) = r {
+                        diffs.push(format!("on_complete failed ({}): {}", f.class, f.detail));
+                    }
+                } else {
+                    diffs.push("on_complete: the policy declares no on-complete hook (with these settings)".into());
+                }
+            }
+        } else if case.expect.on_response.is_some() {
+            diffs.push("on_response: expected edits, but the case gives no `response`".into());
+        }
+        check_map(&mut diffs, "audit", &case.expect.audit, |k| audit.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()));
         if diffs.is_empty() {
             passed += 1;
             println!("ok   {}: {}", file.display(), case.name);
@@ -423,6 +544,21 @@ fn compare(expect: &Expect, verdict: &types::Verdict, audit: &[(String, String)]
             }
         }
     }
-    check_map(&mut diffs, "audit", &expect.audit, |k| audit.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()));
+    let _ = audit;
     diffs
+}
+
+fn compare_response(diffs: &mut Vec<String>, expect: Option<&ExpectResponse>, edits: &types::ResponseEdits) {
+    let Some(expect) = expect else { return };
+    check_map(diffs, "on_response.set_headers", &expect.set_headers, |k| find(&edits.set_headers, k));
+    for name in &expect.remove_headers {
+        if !edits.remove_headers.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+            diffs.push(format!("on_response.remove_headers: expected {name:?} to be removed"));
+        }
+    }
+    for name in &expect.not_set {
+        if let Some(v) = find(&edits.set_headers, name) {
+            diffs.push(format!("on_response.not_set: expected no {name:?}, got {v:?}"));
+        }
+    }
 }

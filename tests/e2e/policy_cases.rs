@@ -47,3 +47,26 @@ fn a_wrong_expectation_fails_with_a_diff_naming_the_field() {
     assert!(out.contains("response_headers.x-stamp: expected \"v2\", got \"v1\""), "{out}");
     assert!(out.contains("0 passed, 1 failed"), "{out}");
 }
+
+#[test]
+fn on_response_edits_are_checked_and_a_wrong_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wrong-response.toml");
+    let headers = env!("PORTCULLIS_SECURITY_HEADERS_WASM");
+    std::fs::write(
+        &file,
+        format!(
+            "component = \"{headers}\"\nname = \"security-headers\"\nsettings = {{ allow-origins = [\"https://doctor.procare.health\"] }}\n\
+             [[case]]\nname = \"right\"\nrequest = {{ scheme = \"https\", headers = {{ origin = \"https://doctor.procare.health\" }} }}\nresponse = {{ headers = {{ server = \"nginx\" }} }}\n\
+             expect = {{ on_response = {{ set_headers = {{ access-control-allow-origin = \"https://doctor.procare.health\" }}, remove_headers = [\"server\"] }} }}\n\
+             [[case]]\nname = \"wrong\"\nrequest = {{ scheme = \"http\", headers = {{ origin = \"https://doctor.procare.health\" }} }}\nresponse = {{ status = 502, source = \"gateway\" }}\n\
+             expect = {{ on_response = {{ set_headers = {{ strict-transport-security = \"max-age=63072000; includeSubDomains\" }} }} }}\n"
+        ),
+    )
+    .unwrap();
+    let (ok, out) = policy_test(&[file]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("ok   ") && out.contains(": right"), "{out}");
+    assert!(out.contains("on_response.set_headers.strict-transport-security: expected \"max-age=63072000; includeSubDomains\", got nothing"), "{out}");
+    assert!(out.contains("1 passed, 1 failed"), "{out}");
+}
