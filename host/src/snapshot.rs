@@ -75,6 +75,8 @@ pub struct ListenerSpec {
     pub header_timeout: std::time::Duration,
     /// Connections start with a PROXY protocol header.
     pub proxy_protocol: bool,
+    /// TLS termination, when configured.
+    pub tls: Option<crate::tls::TlsSpec>,
 }
 
 /// Everything a request needs, immutable once built.
@@ -232,7 +234,7 @@ impl Snapshot {
                 })
                 .collect(),
             policies,
-            listeners: listeners(&config),
+            listeners: listeners(source, &config),
             trusted_proxies: config
                 .gateway
                 .trusted_proxies
@@ -266,7 +268,7 @@ impl Snapshot {
     }
 }
 
-fn listeners(config: &Config) -> Vec<ListenerSpec> {
+fn listeners(source: &Source, config: &Config) -> Vec<ListenerSpec> {
     config
         .listeners
         .iter()
@@ -276,6 +278,10 @@ fn listeners(config: &Config) -> Vec<ListenerSpec> {
                 address: l.address.get_ref().parse().ok()?,
                 header_timeout: std::time::Duration::from_millis(l.header_timeout_ms),
                 proxy_protocol: l.proxy_protocol,
+                tls: match &l.tls {
+                    Some(tls) => Some(crate::tls::spec(source, tls)?),
+                    None => None,
+                },
             })
         })
         .collect()

@@ -18,4 +18,5 @@ mod routing;
 mod security_headers;
 mod shutdown;
 mod streaming;
+mod tls;
 mod upstreams;

@@ -293,6 +293,9 @@ pub struct Listener {
     /// Hetzner's load balancer sends it); the peer must be a trusted proxy.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Terminate TLS (see `crate::tls`); plain HTTP when absent.
+    #[serde(default)]
+    pub tls: Option<crate::tls::ListenerTls>,
 }
 
 fn default_header_timeout() -> u64 {

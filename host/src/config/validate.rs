@@ -23,6 +23,9 @@ pub fn validate(source: &Source, config: &Config) -> Result<(), ConfigErrors> {
         if l.address.get_ref().parse::<SocketAddr>().is_err() {
             errors.push(source.error_at(&l.address, format!("listeners[{i}].address"), format!("expected ip:port, got {:?}", l.address.get_ref())));
         }
+        if let Some(tls) = &l.tls {
+            errors.extend(crate::tls::check(source, i, tls, &l.address));
+        }
     }
 
     for (i, p) in config.trusted_proxies_iter() {

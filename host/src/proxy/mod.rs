@@ -63,6 +63,7 @@ async fn handle_request(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>
     let authority = authority(&parts);
     let (client_ip, peer_trusted) = client_ip(&snap, &conn, &parts.headers);
     let scheme = match parts.headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) {
+        _ if conn.tls => "https".to_string(),
         Some(p) if peer_trusted && (p == "https" || p == "http") => p.to_string(),
         _ => "http".to_string(),
     };
