@@ -110,7 +110,7 @@ pub struct AuditSink {
 
 enum Sink {
     Disabled,
-    File(mpsc::Sender<Line>),
+    File { tx: mpsc::Sender<Line>, path: PathBuf },
     Log { writer: Arc<LogWriter>, default: Durability },
 }
 
@@ -122,8 +122,8 @@ impl AuditSink {
         }
         let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(file, rx, path));
-        Ok(AuditSink { inner: Arc::new(Sink::File(tx)) })
+        tokio::spawn(write_loop(file, rx, path.clone()));
+        Ok(AuditSink { inner: Arc::new(Sink::File { tx, path }) })
     }
 
     /// The evidence log in `opts.dir` (recovered if it exists); `default`
@@ -195,7 +195,7 @@ impl AuditSink {
             Sink::Disabled => {
                 tracing::debug!(target: "audit", "audit line (no audit log configured): {}", serde_json::to_string(&line).unwrap_or_default());
             }
-            Sink::File(tx) => {
+            Sink::File { tx, .. } => {
                 if tx.try_send(line).is_err() {
                     tracing::error!(target: "audit", "audit queue full or closed: record dropped");
                 }
@@ -208,6 +208,23 @@ impl AuditSink {
                 }
                 Err(e) => tracing::error!(target: "audit", "audit record not serializable: {e}"),
             },
+        }
+    }
+
+    /// Whether records can reach the disk (`/readyz`): `Err` says why not.
+    /// The plain file must still be there (a deleted file would swallow
+    /// records) and open for appending; the evidence log's directory must
+    /// take a new file. No audit log configured: nothing to check.
+    pub fn check_writable(&self) -> Result<(), String> {
+        match &*self.inner {
+            Sink::Disabled => Ok(()),
+            Sink::File { tx, path } => {
+                if tx.is_closed() {
+                    return Err("the audit writer stopped".into());
+                }
+                std::fs::OpenOptions::new().append(true).open(path).map(drop).map_err(|e| format!("audit log {} is not writable: {e}", path.display()))
+            }
+            Sink::Log { writer, .. } => writer.check_writable(),
         }
     }
 
