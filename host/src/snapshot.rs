@@ -62,6 +62,8 @@ pub struct RouteEntry {
     /// `[residency]` is configured. Without that fact the request fails
     /// closed, so a policy that forgot to decide cannot let data through.
     pub narrowed_by: Option<String>,
+    /// Budget for the upstream's response head on this route (`timeout_ms`), overriding the pool's.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// One listener to bind.
@@ -202,8 +204,22 @@ impl Snapshot {
                     websocket: r.websocket,
                     audit: r.audit.or(config.audit.as_ref().map(|a| a.mode)).unwrap_or_default(),
                     narrowed_by: residency.as_ref().map(|r| r.policy.clone()),
+                    timeout: r.timeout_ms.map(std::time::Duration::from_millis),
                 },
             );
+        }
+        // Pools: an unchanged one is kept (connections, health state); a
+        // new one builds its client (TLS files are read here).
+        let mut pools = HashMap::new();
+        for (i, p) in config.pools.iter().enumerate() {
+            let kept = previous.and_then(|prev| prev.pools.get(p.name.get_ref())).filter(|old| old.config.same_as(p)).cloned();
+            match kept.map(Ok).unwrap_or_else(|| Pool::new(p, source).map(Arc::new)) {
+                Ok(pool) => {
+                    pools.insert(p.name.get_ref().clone(), pool);
+                }
+                Err(e) if errors.is_empty() => errors.push(source.error_at(&p.name, format!("pools[{i}].tls"), e.to_string())),
+                Err(_) => {} // already reported by the checks
+            }
         }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -225,14 +241,7 @@ impl Snapshot {
             version,
             router,
             routes,
-            pools: config
-                .pools
-                .iter()
-                .map(|p| {
-                    let kept = previous.and_then(|prev| prev.pools.get(p.name.get_ref())).filter(|old| old.config.same_as(p)).cloned();
-                    (p.name.get_ref().clone(), kept.unwrap_or_else(|| Arc::new(Pool::new(p))))
-                })
-                .collect(),
+            pools,
             policies,
             listeners: listeners(source, &config),
             trusted_proxies: config

@@ -13,6 +13,7 @@ mod jwt;
 mod jwt_cache;
 mod metrics;
 mod reload;
+mod resilience;
 mod residency;
 mod routing;
 mod security_headers;

@@ -143,7 +143,7 @@ async fn handle_request(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>
             }
             let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
             // Forward stage.
-            match forward::forward(&pools, parts.method.clone(), &path_and_query, headers, body).await {
+            match forward::forward(&pools, parts.method.clone(), &path_and_query, headers, body, route.timeout).await {
                 Ok(mut up) => {
                     record.upstream = Some(format!("{}/{}", up.pool.name, up.lease.target.address));
                     record.region = up.pool.region.clone();

@@ -12,6 +12,7 @@
 //! certificates when the listener starts; [`watch`] swaps them when the
 //! files change, keeping the old ones if the new files are bad.
 
+pub mod upstream;
 pub mod watch;
 
 use crate::config::{ConfigError, Source};
