@@ -100,14 +100,17 @@ impl Reloader {
         }
         let new: Vec<ListenerSpec> = snap.listeners.iter().filter(|l| !running.contains_key(&l.name)).cloned().collect();
         // Certificates are read before anything binds: a listener that cannot serve TLS does not start.
+        // Errors name the key of the listener (`listeners[i]...`), as configuration errors do.
+        let key = |name: &str| snap.listeners.iter().position(|l| l.name == name).map_or_else(|| format!("listener {name:?}"), |i| format!("listeners[{i}]"));
         let mut stores = HashMap::new();
         for spec in &new {
             if let Some(tls) = &spec.tls {
-                let store = crate::tls::CertStore::load(tls).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("listener {:?}: {e}", spec.name)))?;
+                let store = crate::tls::CertStore::load(tls).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}.tls: {e}", key(&spec.name))))?;
                 stores.insert(spec.name.clone(), Arc::new(store));
             }
         }
-        for (spec, listener) in listen::bind(&new).await? {
+        let bound = listen::bind(&new).await.map_err(|(name, e)| std::io::Error::new(e.kind(), format!("{}.address: {e}", key(&name))))?;
+        for (spec, listener) in bound {
             let addr = listener.local_addr()?;
             println!("listening {} {addr}", spec.name);
             let tls = stores.remove(&spec.name);

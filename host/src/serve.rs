@@ -74,7 +74,7 @@ pub async fn serve(source: &Source, reloadable: bool) -> Result<(), StartError> 
     tracing::info!(version = %snapshot.version, routes = snapshot.routes.len(), policies = snapshot.policies.len(), "chain loaded");
     let gateway = Arc::new(Gateway { snapshot: arc_swap::ArcSwap::from_pointee(snapshot), audit });
     let reloader = Reloader::new(gateway.clone(), reloadable.then(|| source.file.clone()));
-    reloader.start_listeners().await.map_err(anyhow::Error::from)?;
+    reloader.start_listeners().await.map_err(|e| anyhow::anyhow!("{}: {e}", source.file.display()))?;
     if let Some(admin) = admin {
         let address = admin.address.parse().map_err(|_| anyhow::anyhow!("{}: admin.address: expected ip:port, got {:?}", source.file.display(), admin.address))?;
         let bound = admin::start(reloader.clone(), address, admin_token).await.map_err(anyhow::Error::from)?;

@@ -81,13 +81,14 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
-/// Bind every listener; fails before serving anything if one cannot bind.
-pub async fn bind(specs: &[ListenerSpec]) -> std::io::Result<Vec<(ListenerSpec, TcpListener)>> {
+/// Bind every listener; fails before serving anything if one cannot bind
+/// (with the name of the listener that could not).
+pub async fn bind(specs: &[ListenerSpec]) -> Result<Vec<(ListenerSpec, TcpListener)>, (String, std::io::Error)> {
     let mut out = Vec::new();
     for spec in specs {
         let l = TcpListener::bind(spec.address)
             .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind listener {:?} on {}: {e}", spec.name, spec.address)))?;
+            .map_err(|e| (spec.name.clone(), std::io::Error::new(e.kind(), format!("cannot bind {} (listener {:?}): {e}", spec.address, spec.name))))?;
         out.push((spec.clone(), l));
     }
     Ok(out)
