@@ -314,10 +314,11 @@ async fn complete(gw: &Gateway, snap: &Arc<Snapshot>, mut run: ChainRun, route_n
     }
     let metrics = crate::metrics::global();
     metrics.request_done(record.route.as_deref(), &record.method, record.status, duration_us, &record.outcome, record.error.as_deref(), &verdicts);
-    metrics.in_flight.dec();
     record.verdicts = verdicts;
     record.policies = run.audit;
     gw.audit.write(record);
+    // Counted out only once its record is queued: shutdown waits for zero before sealing the log.
+    metrics.in_flight.dec();
 }
 
 /// The router, then the route's chain.
