@@ -80,6 +80,8 @@ pub struct Pool {
     pub scheme: &'static str,
     /// Retries: how many, and the budget they come from.
     pub retries: RetryBudget,
+    /// Digest of the TLS files the client was built from (`None`: plain HTTP).
+    pub tls_digest: Option<String>,
     /// The configuration it was built from (a reload reuses an unchanged pool).
     pub config: config::Pool,
     health_started: AtomicBool,
@@ -134,6 +136,7 @@ impl Pool {
             client,
             scheme,
             retries: RetryBudget::new(&cfg.retries),
+            tls_digest: cfg.tls.as_ref().map(|t| crate::tls::upstream::digest(source, t)),
             config: cfg.clone(),
             health_started: AtomicBool::new(false),
         })

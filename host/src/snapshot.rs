@@ -212,7 +212,8 @@ impl Snapshot {
         // new one builds its client (TLS files are read here).
         let mut pools = HashMap::new();
         for (i, p) in config.pools.iter().enumerate() {
-            let kept = previous.and_then(|prev| prev.pools.get(p.name.get_ref())).filter(|old| old.config.same_as(p)).cloned();
+            let digest = p.tls.as_ref().map(|t| crate::tls::upstream::digest(source, t));
+            let kept = previous.and_then(|prev| prev.pools.get(p.name.get_ref())).filter(|old| old.config.same_as(p) && old.tls_digest == digest).cloned();
             match kept.map(Ok).unwrap_or_else(|| Pool::new(p, source).map(Arc::new)) {
                 Ok(pool) => {
                     pools.insert(p.name.get_ref().clone(), pool);
@@ -259,6 +260,7 @@ impl Snapshot {
             watch_paths: std::iter::once(source.file.clone())
                 .chain(config.policies.values().filter(|d| !d.component.get_ref().starts_with("builtin:")).map(|d| source.resolve(d.component.get_ref())))
                 .chain(residency.as_ref().map(|r| r.file.clone()))
+                .chain(config.pools.iter().filter_map(|p| p.tls.as_ref()).flat_map(|t| crate::tls::upstream::files(source, t)))
                 .collect(),
             watch: config.gateway.watch,
             shutdown_grace: std::time::Duration::from_millis(config.gateway.shutdown_grace_ms),

@@ -44,13 +44,25 @@ impl TlsUpstream {
                 let (acceptor, name) = (acceptor.clone(), name.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else { return };
-                    let svc = service_fn(move |req| answer(name.clone(), req));
+                    // The client certificate's fingerprint, echoed as a request header.
+                    let client_cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| fingerprint(c));
+                    let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                        if let Some(fp) = &client_cert {
+                            req.headers_mut().insert("x-client-cert-sha256", fp.parse().unwrap());
+                        }
+                        answer(name.clone(), req)
+                    });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), svc).await;
                 });
             }
         });
         TlsUpstream { addr, task }
     }
+}
+
+fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(der))
 }
 
 fn one_route(pool: &str) -> String {
@@ -105,8 +117,28 @@ async fn mtls_to_an_upstream_that_requires_a_client_certificate() {
     let a = get(&gw.url("/mtls/x"), &[]).await;
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     assert_eq!(a.json()["service"], "fsn1-api");
+    assert_eq!(a.json()["headers"]["x-client-cert-sha256"], fingerprint(&client.der), "the gateway presented its certificate");
     // Without a client certificate the upstream refuses the handshake.
     assert_problem(&get(&gw.url("/no-cert/x"), &[]).await, 502);
+
+    // The client certificate is renewed: the files are watched, the pool is
+    // rebuilt with the new pair, and new connections present it.
+    let renewed = ca.leaf(&["gateway.procare.internal"]);
+    std::fs::write(gw.dir().join("client.pem.new"), &renewed.cert_pem).unwrap();
+    std::fs::write(gw.dir().join("client.key.new"), &renewed.key_pem).unwrap();
+    std::fs::rename(gw.dir().join("client.pem.new"), gw.dir().join("client.pem")).unwrap();
+    std::fs::rename(gw.dir().join("client.key.new"), gw.dir().join("client.key")).unwrap();
+    let want = fingerprint(&renewed.der);
+    let mut seen = false;
+    for _ in 0..100 {
+        let a = get(&gw.url("/mtls/x"), &[]).await;
+        if a.status == 200 && a.json()["headers"]["x-client-cert-sha256"] == want.as_str() {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(seen, "the renewed client certificate is presented within 10 s, without a restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ use super::{TlsFileError, load_pair, provider, read_chain, read_key, versions, C
 use crate::config::{ConfigError, Source};
 use rustls::pki_types::ServerName;
 use serde::Deserialize;
+use std::path::PathBuf;
 use toml::Spanned;
 
 /// `[pools.tls]`
@@ -69,6 +70,31 @@ pub fn build(source: &Source, tls: &PoolTls) -> Result<UpstreamTls, TlsFileError
     };
     let server_name = tls.server_name.as_ref().and_then(|n| ServerName::try_from(n.get_ref().clone()).ok());
     Ok(UpstreamTls { config, server_name })
+}
+
+/// The files a pool's TLS is read from: a change to one reloads the
+/// configuration (they are among the watched files), and the pool whose
+/// files changed is rebuilt with them.
+pub fn files(source: &Source, tls: &PoolTls) -> Vec<PathBuf> {
+    let mut out = vec![source.resolve(tls.ca.get_ref())];
+    if let Some(f) = client_files(source, tls) {
+        out.push(f.cert);
+        out.push(f.key);
+    }
+    out
+}
+
+/// A digest of those files' contents (empty input for an unreadable one):
+/// tells a reload whether a pool's certificates changed.
+pub fn digest(source: &Source, tls: &PoolTls) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for path in files(source, tls) {
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        hasher.update((bytes.len() as u64).to_be_bytes());
+        hasher.update(&bytes);
+    }
+    hex::encode(hasher.finalize())
 }
 
 fn client_files(source: &Source, tls: &PoolTls) -> Option<CertFiles> {
