@@ -375,6 +375,50 @@ pub fn check(source: &Source, i: usize, tls: &ListenerTls, at: &Spanned<String>)
 mod tests {
     use super::*;
 
+    /// A self-signed certificate for `names`, written to `dir/<first name>.{pem,key}`.
+    fn self_signed(dir: &Path, names: &[&str]) -> (CertFiles, CertificateDer<'static>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap().self_signed(&key).unwrap();
+        let stem = names[0].replace('*', "star");
+        let files = CertFiles { names: names.iter().map(|n| n.to_string()).collect(), cert: dir.join(format!("{stem}.pem")), key: dir.join(format!("{stem}.key")) };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        (files, cert.der().clone())
+    }
+
+    #[test]
+    fn sni_picks_exact_then_wildcard_then_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, a_der) = self_signed(dir.path(), &["a.test"]);
+        let (b, b_der) = self_signed(dir.path(), &["*.b.test", "b.test"]);
+        let store = CertStore::load(&TlsSpec { min_version: MinVersion::Tls12, certificates: vec![a, b] }).unwrap();
+        let served = |name: Option<&str>| store.for_name(name).cert[0].clone();
+        assert_eq!(served(Some("a.test")), a_der);
+        assert_eq!(served(Some("A.Test")), a_der, "names compare without case");
+        assert_eq!(served(Some("b.test")), b_der);
+        assert_eq!(served(Some("api.b.test")), b_der, "one label under the wildcard");
+        assert_eq!(served(Some("x.api.b.test")), a_der, "a wildcard covers one label only: the default answers");
+        assert_eq!(served(Some("other.test")), a_der, "unknown names get the first certificate");
+        assert_eq!(served(None), a_der, "no SNI: the first certificate");
+    }
+
+    #[test]
+    fn a_pair_must_match_and_cover_its_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = self_signed(dir.path(), &["a.test"]);
+        let (b, _) = self_signed(dir.path(), &["b.test"]);
+        assert!(load_pair(&a).is_ok());
+        let crossed = CertFiles { names: vec!["a.test".into()], cert: a.cert.clone(), key: b.key.clone() };
+        assert!(matches!(load_pair(&crossed), Err(TlsFileError::KeyMismatch { .. })), "another certificate's key");
+        let wrong_name = CertFiles { names: vec!["c.test".into()], ..a.clone() };
+        assert!(matches!(load_pair(&wrong_name), Err(TlsFileError::NameNotCovered { .. })));
+        let missing = CertFiles { cert: dir.path().join("nope.pem"), ..a.clone() };
+        assert!(matches!(load_pair(&missing), Err(TlsFileError::Read { .. })));
+        std::fs::write(dir.path().join("garbage.pem"), "not pem").unwrap();
+        let garbage = CertFiles { cert: dir.path().join("garbage.pem"), ..a };
+        assert!(matches!(load_pair(&garbage), Err(TlsFileError::NoCertificate { .. })));
+    }
+
     #[test]
     fn only_tls_12_and_13_are_ever_offered() {
         let all: Vec<_> = versions(MinVersion::Tls12).iter().map(|v| v.version).collect();
