@@ -4,7 +4,7 @@
 //! | endpoint | token | answer |
 //! |---|---|---|
 //! | `GET /healthz` | no | 200 while the process serves |
-//! | `GET /readyz` | no | 200 when a chain is loaded |
+//! | `GET /readyz` | no | 200 when a chain is loaded and the audit log is writable; 503 with the reason otherwise |
 //! | `GET /metrics` | no | Prometheus text: requests, policy verdicts, upstreams, reloads, chain version ([`crate::metrics`]); audit log counters |
 //! | `GET /admin/policies` | yes | loaded components: name, source, SHA-256, load time, chain version |
 //! | `POST /admin/reload` | yes | 200 with the new version, or 422 with every reason |
@@ -49,7 +49,18 @@ async fn handle(reloader: &Reloader, token: Option<&str>, req: Request<Incoming>
     let snap = reloader.gateway().snapshot.load_full();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => json(StatusCode::OK, serde_json::json!({"ready": true, "chain": snap.version})),
+        (&Method::GET, "/readyz") => {
+            // Ready: a chain is loaded (always, once serving) and the audit log takes records.
+            let audit = reloader.gateway().audit.clone();
+            let writable = tokio::task::spawn_blocking(move || audit.check_writable()).await.unwrap_or_else(|e| Err(format!("readiness check failed: {e}")));
+            match writable {
+                Ok(()) => json(StatusCode::OK, serde_json::json!({"ready": true, "chain": snap.version, "audit": "writable"})),
+                Err(reason) => {
+                    tracing::warn!("not ready: {reason}");
+                    json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"ready": false, "chain": snap.version, "reason": reason}))
+                }
+            }
+        }
         (&Method::GET, "/metrics") => {
             let mut body = crate::metrics::global().render(reloader.stats.ok.load(Ordering::Relaxed), reloader.stats.failed.load(Ordering::Relaxed), &snap);
             if let Some(stats) = reloader.gateway().audit.log_stats() {

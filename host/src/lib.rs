@@ -21,4 +21,5 @@ pub mod residency;
 pub mod runtime;
 pub mod serve;
 pub mod snapshot;
+pub mod tls;
 pub mod token_cache;

@@ -7,31 +7,77 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Portcullis: an edge gateway whose policies are WebAssembly components.
+///
+/// Every decision on a request (route, headers, rate limits, tokens, data
+/// residency, audit) is made by a policy component run in a fresh wasmtime
+/// instance; every request leaves a record in an audit log that proves its
+/// own integrity. Start with `portcullis check --config FILE`, then
+/// `portcullis serve --config FILE`.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    long_about,
+    after_long_help = "\
+Environment:
+  PORTCULLIS_LOG           log filter for stderr (tracing syntax), default \"info\"; e.g. \"warn,portcullis::proxy=debug\"
+  PORTCULLIS_CACHE_DIR     where compiled components are cached (overrides gateway.cache_dir; default $XDG_CACHE_HOME/portcullis)
+  PORTCULLIS_ADMIN_TOKEN   bearer token for the admin listener's /admin/* endpoints when admin.token_file is not set
+
+Exit status: 0 on success (and after a graceful shutdown), 1 on any error;
+configuration errors are printed one per line as `file:line:col: key.path: reason`.
+
+Configuration reference: the README's \"Configuration reference\" section, and the examples in policies/."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Tokio worker threads (default: one per core).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "N")]
     workers: Option<usize>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Serve with a configuration file.
+    ///
+    /// Refuses to start on any configuration error (every one is printed as
+    /// `file:line:col: key.path: reason`). Once listening it prints one
+    /// `listening <name> <address>` line per listener, and `admin <address>`
+    /// for the admin listener, on stdout.
+    ///
+    /// Signals: SIGHUP reloads the configuration (as does a change to a
+    /// watched file, or `POST /admin/reload`); a rejected reload leaves the
+    /// running chain serving. SIGTERM or SIGINT shut down gracefully: stop
+    /// accepting, let requests in flight finish within
+    /// `gateway.shutdown_grace_ms`, seal and fsync the audit log, exit 0.
+    /// TLS certificate files are watched and reloaded without a restart.
     Serve {
-        /// The configuration (e.g. policies/gateway.toml).
-        #[arg(long)]
+        /// The configuration file (e.g. policies/gateway.toml); relative paths in it are relative to its directory.
+        #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Validate a configuration: parse, references, components, every policy's check-config.
+    /// Validate a configuration: parse, references, files, components, every policy's check-config.
+    ///
+    /// Checks everything `serve` would check before serving, without
+    /// binding any socket: types and unknown keys, references between
+    /// routes, pools and policies, TLS certificates and keys (readable, the
+    /// key fits, the names are covered), rate limits, residency rules, and
+    /// each policy's `check-config` with its settings and every route's
+    /// overrides. Prints every error as `file:line:col: key.path: reason`
+    /// and exits 1 if there is any; prints a one-line summary and exits 0
+    /// otherwise.
     Check {
-        /// The configuration to check.
-        #[arg(long)]
+        /// The configuration file to check.
+        #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
     /// Serve the embedded policies/dev.toml with loopback stand-ins for the ProCare services.
+    ///
+    /// Listens on 127.0.0.1:8080 and starts one stand-in per pool target of
+    /// the embedded configuration; each answers with its name and echoes
+    /// what it received. The README's "The demo, with curl" lists requests
+    /// to try.
     Demo,
     /// Work with policy components.
     Policy {
@@ -39,6 +85,10 @@ enum Command {
         command: PolicyCommand,
     },
     /// Check, prove and export the audit log (the `[audit]` evidence log).
+    ///
+    /// These commands read the log's directory directly; they do not need
+    /// a running gateway and can run on a copy of the log (e.g. one
+    /// downloaded from the S3 export).
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
@@ -48,6 +98,12 @@ enum Command {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Check a log (every chain link, Merkle root and checkpoint signature), or a proof offline.
+    ///
+    /// Prints `ok: …` and exits 0 when every record links to the one
+    /// before, every checkpoint's Merkle root matches the records and its
+    /// signature verifies; otherwise prints one `FAIL seq N (segment, line):
+    /// reason` per problem (edited, missing, out of order, truncated) and
+    /// exits 1.
     Verify {
         /// The log directory (`[audit] dir`).
         #[arg(long, conflicts_with = "proof")]
@@ -60,6 +116,9 @@ enum AuditCommand {
         pubkeys: Vec<PathBuf>,
     },
     /// Print an inclusion proof of record SEQ (or a consistency proof) against the newest checkpoint.
+    ///
+    /// The proof is JSON on stdout; `portcullis audit verify --proof FILE`
+    /// checks it without the log, with only the public key.
     Prove {
         /// The log directory.
         #[arg(long)]
@@ -72,8 +131,12 @@ enum AuditCommand {
         from_size: Option<u64>,
     },
     /// Upload sealed segments and checkpoints to S3-compatible storage (`[audit.export]`), once.
+    ///
+    /// Objects already in the store are not uploaded again. A running
+    /// gateway with `[audit.export] interval_ms` does the same in the
+    /// background; this command is for a one-off or a cron job.
     Export {
-        /// The gateway configuration.
+        /// The gateway configuration (its `[audit]` and `[audit.export]` sections are used).
         #[arg(long)]
         config: PathBuf,
     },
@@ -82,6 +145,11 @@ enum AuditCommand {
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Run components against case tables (TOML) and check their verdicts.
+    ///
+    /// Each case gives a request head (and facts, a route, settings) and
+    /// the verdict expected; only what `expect` names is checked. Prints
+    /// each failing case with the fields that differ, and exits 1 if any
+    /// case failed.
     Test {
         /// Case files, e.g. components/*/cases.toml.
         #[arg(required = true)]
@@ -192,5 +260,30 @@ fn report(result: Result<(), serve::StartError>) -> ExitCode {
             eprintln!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent_and_every_argument_is_documented() {
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        fn walk(cmd: &clap::Command, path: &str) {
+            if cmd.get_name() != "help" {
+                assert!(cmd.get_about().is_some(), "{path}: no about");
+            }
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                assert!(builtin || arg.get_help().is_some(), "{path} --{}: no help", arg.get_id());
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        walk(&cmd, "portcullis");
     }
 }

@@ -11,6 +11,7 @@
 //! | `portcullis_policy_verdicts_total` | counter | `policy`, `verdict` | each policy's verdict per request: `proceed`, `respond:<status>` (a 401, 429, 451 ...), `failed:<class>`, `skipped` |
 //! | `portcullis_policy_failures_total` | counter | `policy`, `class` | `trap`, `deadline`, `memory-limit`, `contract`, `capacity` |
 //! | `portcullis_upstream_in_flight` | gauge | `pool`, `target` | requests at each upstream target, read at scrape time |
+//! | `portcullis_upstream_retries_total` | counter | `pool`, `outcome` (`retried`, `budget-exhausted`) | an idempotent request whose connection failed, sent again to another target, or not because the pool's retry budget was spent |
 //! | `portcullis_reloads_total` | counter | `result` (`ok`, `rejected`) | reloads, read from the reloader at scrape time |
 //! | `portcullis_chain_info` | gauge | `version` | 1 for the chain serving now |
 //! | `portcullis_rate_limit_decisions_total` | counter | `limit`, `source`, `outcome` | each `rate-acquire`: source `local`, `shared`, `local-fallback`; outcome `allowed`, `limited`, `unavailable` |
@@ -54,6 +55,8 @@ pub struct Metrics {
     /// `portcullis_token_cache_entries{policy}`.
     pub token_cache_entries: IntGaugeVec,
     upstream_in_flight: IntGaugeVec,
+    /// `portcullis_upstream_retries_total{pool,outcome}`.
+    pub upstream_retries: IntCounterVec,
     reloads: IntCounterVec,
     chain_info: IntGaugeVec,
     /// `portcullis_rate_limit_decisions_total{limit,source,outcome}`.
@@ -111,6 +114,7 @@ impl Metrics {
             gateway_errors: counter("portcullis_gateway_errors_total", "Answers the gateway itself gave, by problem type.", &["error"]),
             verdicts: counter("portcullis_policy_verdicts_total", "Each policy's verdict per request: proceed, respond:<status>, failed:<class>, skipped.", &["policy", "verdict"]),
             policy_failures: counter("portcullis_policy_failures_total", "Policy calls that failed closed, by class: trap, deadline, memory-limit, contract, capacity.", &["policy", "class"]),
+            upstream_retries: counter("portcullis_upstream_retries_total", "Requests sent again to another target after their connection failed (retried), or not because the retry budget was spent (budget-exhausted).", &["pool", "outcome"]),
             reloads: counter("portcullis_reloads_total", "Reloads by result.", &["result"]),
             token_cache_lookups: counter("portcullis_token_cache_lookups_total", "Verified-token cache lookups by policy and result: hit, miss.", &["policy", "result"]),
             token_cache_entries,

@@ -7,15 +7,22 @@
 //! connections to its targets are pooled and reused.
 
 use crate::body::ProxyBody;
-use crate::config::{self, Balance};
+use crate::config::{self, Balance, Source};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
+
+/// The client of a pool: plain HTTP, or TLS when the pool has `[pools.tls]`.
+/// Host names are resolved by the system resolver on every new connection
+/// (never cached here), so a container redeployed under the same name is
+/// found at its new address.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 /// One upstream server.
 #[derive(Debug)]
@@ -68,7 +75,13 @@ pub struct Pool {
     /// Budget for the upstream's response head.
     pub response_timeout: Duration,
     /// The pool's HTTP client (keep-alive connections per target).
-    pub client: Client<HttpConnector, ProxyBody>,
+    pub client: UpstreamClient,
+    /// `https` when the pool speaks TLS to its targets, else `http`.
+    pub scheme: &'static str,
+    /// Retries: how many, and the budget they come from.
+    pub retries: RetryBudget,
+    /// Digest of the TLS files the client was built from (`None`: plain HTTP).
+    pub tls_digest: Option<String>,
     /// The configuration it was built from (a reload reuses an unchanged pool).
     pub config: config::Pool,
     health_started: AtomicBool,
@@ -81,18 +94,37 @@ fn now_ms() -> u64 {
 }
 
 impl Pool {
-    /// A pool from its configuration.
-    pub fn new(cfg: &config::Pool) -> Pool {
+    /// A pool from its configuration; fails only when its TLS files cannot be used.
+    pub fn new(cfg: &config::Pool, source: &Source) -> Result<Pool, crate::tls::TlsFileError> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
         connector.set_nodelay(true);
-        connector.enforce_http(true);
+        connector.enforce_http(false);
+        let (tls, scheme) = match &cfg.tls {
+            Some(t) => (Some(crate::tls::upstream::build(source, t)?), "https"),
+            None => (None, "http"),
+        };
+        let connector = match tls {
+            Some(tls) => {
+                let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls.config).https_only();
+                match tls.server_name {
+                    Some(name) => builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name)).enable_http1().wrap_connector(connector),
+                    None => builder.enable_http1().wrap_connector(connector),
+                }
+            }
+            // A plain pool never starts TLS: an `https://` URI cannot occur (the scheme is the pool's).
+            None => hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(rustls::ClientConfig::builder_with_provider(crate::tls::provider()).with_safe_default_protocol_versions().expect("ring supports TLS 1.2/1.3").with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(connector),
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_millis(cfg.idle_timeout_ms))
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        Pool {
+        Ok(Pool {
             name: cfg.name.get_ref().clone(),
             region: cfg.region.as_ref().map(|r| r.get_ref().clone()),
             targets: cfg.targets.iter().map(|t| Arc::new(Target::new(t.get_ref().clone()))).collect(),
@@ -102,9 +134,25 @@ impl Pool {
             health: cfg.health.clone(),
             response_timeout: Duration::from_millis(cfg.response_timeout_ms),
             client,
+            scheme,
+            retries: RetryBudget::new(&cfg.retries),
+            tls_digest: cfg.tls.as_ref().map(|t| crate::tls::upstream::digest(source, t)),
             config: cfg.clone(),
             health_started: AtomicBool::new(false),
-        }
+        })
+    }
+
+    /// Pick an available target other than those in `tried` (a retry goes elsewhere).
+    pub fn pick_except(&self, tried: &[Arc<Target>]) -> Option<Lease> {
+        let now = now_ms();
+        let n = self.targets.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let chosen = (0..n).map(|i| &self.targets[(start + i) % n]).filter(|t| t.available(now) && !tried.iter().any(|x| Arc::ptr_eq(x, t))).min_by_key(|t| match self.balance {
+            Balance::RoundRobin => 0,
+            Balance::LeastConnections => t.in_flight(),
+        })?;
+        chosen.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Lease { target: chosen.clone() })
     }
 
     /// Pick an available target, or `None` when every target is ejected or down.
@@ -179,7 +227,7 @@ impl Pool {
 }
 
 async fn probe(pool: &Pool, target: &Target, check: &config::HealthCheck) -> bool {
-    let Ok(req) = http::Request::get(format!("http://{}{}", target.address, check.path))
+    let Ok(req) = http::Request::get(format!("{}://{}{}", pool.scheme, target.address, check.path))
         .header(http::header::USER_AGENT, "portcullis-health")
         .body(Empty::<Bytes>::new().map_err(|e| match e {}).boxed())
     else {
@@ -193,6 +241,61 @@ async fn probe(pool: &Pool, target: &Target, check: &config::HealthCheck) -> boo
         Some(ok)
     });
     matches!(answer.await, Ok(Some(true)))
+}
+
+/// Retries of one pool and their budget: over a sliding window of 10
+/// one-second slots, retries may be at most `budget_ratio` × requests
+/// plus `min_per_second` × 10 (linkerd's retry budget, without its decay).
+pub struct RetryBudget {
+    /// Further tries of one request.
+    pub attempts: u32,
+    ratio: f64,
+    min_per_window: u64,
+    slots: Mutex<[(u64, u64, u64); WINDOW_SLOTS]>, // (second, requests, retries)
+}
+
+const WINDOW_SLOTS: usize = 10;
+
+impl RetryBudget {
+    fn new(cfg: &config::Retries) -> RetryBudget {
+        RetryBudget { attempts: cfg.attempts, ratio: cfg.budget_ratio, min_per_window: u64::from(cfg.min_per_second) * WINDOW_SLOTS as u64, slots: Mutex::new([(0, 0, 0); WINDOW_SLOTS]) }
+    }
+
+    fn slot(slots: &mut [(u64, u64, u64); WINDOW_SLOTS], now_s: u64) -> &mut (u64, u64, u64) {
+        let slot = &mut slots[(now_s % WINDOW_SLOTS as u64) as usize];
+        if slot.0 != now_s {
+            *slot = (now_s, 0, 0);
+        }
+        slot
+    }
+
+    /// Count a first try.
+    pub fn request(&self) {
+        self.request_at(now_ms() / 1000);
+    }
+
+    /// Take a retry from the budget; false when it is spent.
+    pub fn try_retry(&self) -> bool {
+        self.try_retry_at(now_ms() / 1000)
+    }
+
+    fn request_at(&self, now_s: u64) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        Self::slot(&mut slots, now_s).1 += 1;
+    }
+
+    fn try_retry_at(&self, now_s: u64) -> bool {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let live = |s: &(u64, u64, u64)| s.0 + WINDOW_SLOTS as u64 > now_s;
+        let (requests, retries) = slots.iter().filter(|s| live(s)).fold((0u64, 0u64), |(a, b), s| (a + s.1, b + s.2));
+        let allowed = self.min_per_window as f64 + self.ratio * requests as f64;
+        if (retries as f64) < allowed {
+            Self::slot(&mut slots, now_s).2 += 1;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// A target chosen for one request; counts as in flight until dropped.
@@ -216,7 +319,7 @@ mod tests {
             "name = \"p\"\ntargets = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\nbalance = \"{balance}\"\npassive = {{ max_failures = {max_failures}, eject_ms = 60000 }}\n"
         ))
         .unwrap();
-        Pool::new(&cfg)
+        Pool::new(&cfg, &Source::embedded_dev()).unwrap()
     }
 
     #[test]
@@ -257,5 +360,37 @@ mod tests {
         for _ in 0..10 {
             assert_ne!(p.pick().unwrap().target.address, bad.address);
         }
+    }
+
+    #[test]
+    fn retry_budget_is_a_share_of_requests_plus_a_floor() {
+        let budget = RetryBudget::new(&config::Retries { attempts: 1, budget_ratio: 0.2, min_per_second: 1 });
+        // Floor: 1/s over a 10 s window = 10 retries with no traffic at all.
+        for _ in 0..10 {
+            assert!(budget.try_retry_at(100));
+        }
+        assert!(!budget.try_retry_at(100), "the floor is spent");
+        // 50 requests earn 10 more.
+        for _ in 0..50 {
+            budget.request_at(101);
+        }
+        for _ in 0..10 {
+            assert!(budget.try_retry_at(101));
+        }
+        assert!(!budget.try_retry_at(101), "20% of 50 plus the floor, no more");
+        // Once the window has moved past them, old retries no longer count.
+        assert!(budget.try_retry_at(111));
+    }
+
+    #[test]
+    fn a_retry_picks_another_target() {
+        let p = pool("round-robin", 3);
+        let first = p.pick().unwrap();
+        let tried = vec![first.target.clone()];
+        for _ in 0..6 {
+            assert_ne!(p.pick_except(&tried).unwrap().target.address, first.target.address);
+        }
+        let all: Vec<_> = p.targets.clone();
+        assert!(p.pick_except(&all).is_none(), "no target left to try");
     }
 }

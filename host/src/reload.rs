@@ -99,10 +99,22 @@ impl Reloader {
             }
         }
         let new: Vec<ListenerSpec> = snap.listeners.iter().filter(|l| !running.contains_key(&l.name)).cloned().collect();
-        for (spec, listener) in listen::bind(&new).await? {
+        // Certificates are read before anything binds: a listener that cannot serve TLS does not start.
+        // Errors name the key of the listener (`listeners[i]...`), as configuration errors do.
+        let key = |name: &str| snap.listeners.iter().position(|l| l.name == name).map_or_else(|| format!("listener {name:?}"), |i| format!("listeners[{i}]"));
+        let mut stores = HashMap::new();
+        for spec in &new {
+            if let Some(tls) = &spec.tls {
+                let store = crate::tls::CertStore::load(tls).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}.tls: {e}", key(&spec.name))))?;
+                stores.insert(spec.name.clone(), Arc::new(store));
+            }
+        }
+        let bound = listen::bind(&new).await.map_err(|(name, e)| std::io::Error::new(e.kind(), format!("{}.address: {e}", key(&name))))?;
+        for (spec, listener) in bound {
             let addr = listener.local_addr()?;
             println!("listening {} {addr}", spec.name);
-            let task = tokio::spawn(listen::serve(self.gateway.clone(), spec.clone(), listener, self.stop.subscribe()));
+            let tls = stores.remove(&spec.name);
+            let task = tokio::spawn(listen::serve(self.gateway.clone(), spec.clone(), listener, tls, self.stop.subscribe()));
             running.insert(spec.name.clone(), Running { spec, task });
         }
         Ok(())
@@ -282,7 +294,7 @@ fn same_file_name(watched: &std::path::Path, event: &std::path::Path) -> bool {
 }
 
 fn same_listener(a: &ListenerSpec, b: &ListenerSpec) -> bool {
-    a.name == b.name && a.address == b.address && a.header_timeout == b.header_timeout && a.proxy_protocol == b.proxy_protocol
+    a.name == b.name && a.address == b.address && a.header_timeout == b.header_timeout && a.proxy_protocol == b.proxy_protocol && a.tls == b.tls
 }
 
 /// Run the new chain's router on a synthetic request: a chain whose router

@@ -10,6 +10,10 @@ use crate::snapshot::Snapshot;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// At shutdown, how long the completion records of finished requests may
+/// take to be queued (their on-complete hooks run first).
+const COMPLETION_WAIT: Duration = Duration::from_secs(2);
+
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -74,7 +78,7 @@ pub async fn serve(source: &Source, reloadable: bool) -> Result<(), StartError> 
     tracing::info!(version = %snapshot.version, routes = snapshot.routes.len(), policies = snapshot.policies.len(), "chain loaded");
     let gateway = Arc::new(Gateway { snapshot: arc_swap::ArcSwap::from_pointee(snapshot), audit });
     let reloader = Reloader::new(gateway.clone(), reloadable.then(|| source.file.clone()));
-    reloader.start_listeners().await.map_err(anyhow::Error::from)?;
+    reloader.start_listeners().await.map_err(|e| anyhow::anyhow!("{}: {e}", source.file.display()))?;
     if let Some(admin) = admin {
         let address = admin.address.parse().map_err(|_| anyhow::anyhow!("{}: admin.address: expected ip:port, got {:?}", source.file.display(), admin.address))?;
         let bound = admin::start(reloader.clone(), address, admin_token).await.map_err(anyhow::Error::from)?;
@@ -92,10 +96,18 @@ pub async fn serve(source: &Source, reloadable: bool) -> Result<(), StartError> 
     } else {
         tracing::warn!("grace period over with connections still open; exiting anyway");
     }
-    // Seal the audit log with a signed checkpoint (and fsync) before exiting;
-    // completion records of the last requests are spawned as their bodies
-    // end, so give them a moment to be queued.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Completion records of the last requests are written by tasks spawned
+    // as their bodies end: wait (bounded) until every request is counted
+    // out — each is counted out after its record is queued — then seal the
+    // audit log with a signed checkpoint and fsync it before exiting.
+    let in_flight = &crate::metrics::global().in_flight;
+    let deadline = tokio::time::Instant::now() + COMPLETION_WAIT;
+    while in_flight.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if in_flight.get() > 0 {
+        tracing::warn!(requests = in_flight.get(), "requests still unfinished at exit: their completion records are missing");
+    }
     gateway.audit.close().await;
     Ok(())
 }

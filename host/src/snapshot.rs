@@ -81,6 +81,8 @@ pub struct RouteEntry {
     pub narrowed_by: Option<String>,
     /// The body's HMAC for the route's policies (`[routes.body_hmac]`).
     pub body_hmac: Option<Arc<crate::proxy::digest::BodyHmac>>,
+    /// Budget for the upstream's response head on this route (`timeout_ms`), overriding the pool's.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// One listener to bind.
@@ -94,6 +96,8 @@ pub struct ListenerSpec {
     pub header_timeout: std::time::Duration,
     /// Connections start with a PROXY protocol header.
     pub proxy_protocol: bool,
+    /// TLS termination, when configured.
+    pub tls: Option<crate::tls::TlsSpec>,
 }
 
 /// Everything a request needs, immutable once built.
@@ -238,8 +242,23 @@ impl Snapshot {
                     audit: r.audit.or(config.audit.as_ref().map(|a| a.mode)).unwrap_or_default(),
                     narrowed_by: residency.as_ref().map(|r| r.policy.clone()),
                     body_hmac,
+                    timeout: r.timeout_ms.map(std::time::Duration::from_millis),
                 },
             );
+        }
+        // Pools: an unchanged one is kept (connections, health state); a
+        // new one builds its client (TLS files are read here).
+        let mut pools = HashMap::new();
+        for (i, p) in config.pools.iter().enumerate() {
+            let digest = p.tls.as_ref().map(|t| crate::tls::upstream::digest(source, t));
+            let kept = previous.and_then(|prev| prev.pools.get(p.name.get_ref())).filter(|old| old.config.same_as(p) && old.tls_digest == digest).cloned();
+            match kept.map(Ok).unwrap_or_else(|| Pool::new(p, source).map(Arc::new)) {
+                Ok(pool) => {
+                    pools.insert(p.name.get_ref().clone(), pool);
+                }
+                Err(e) if errors.is_empty() => errors.push(source.error_at(&p.name, format!("pools[{i}].tls"), e.to_string())),
+                Err(_) => {} // already reported by the checks
+            }
         }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -264,16 +283,9 @@ impl Snapshot {
             version,
             router,
             routes,
-            pools: config
-                .pools
-                .iter()
-                .map(|p| {
-                    let kept = previous.and_then(|prev| prev.pools.get(p.name.get_ref())).filter(|old| old.config.same_as(p)).cloned();
-                    (p.name.get_ref().clone(), kept.unwrap_or_else(|| Arc::new(Pool::new(p))))
-                })
-                .collect(),
+            pools,
             policies,
-            listeners: listeners(&config),
+            listeners: listeners(source, &config),
             trusted_proxies: config
                 .gateway
                 .trusted_proxies
@@ -290,6 +302,7 @@ impl Snapshot {
                 .chain(config.policies.values().filter(|d| !d.component.get_ref().starts_with("builtin:")).map(|d| source.resolve(d.component.get_ref())))
                 .chain(residency.as_ref().map(|r| r.file.clone()))
                 .chain(secret_files)
+                .chain(config.pools.iter().filter_map(|p| p.tls.as_ref()).flat_map(|t| crate::tls::upstream::files(source, t)))
                 .collect(),
             watch: config.gateway.watch,
             shutdown_grace: std::time::Duration::from_millis(config.gateway.shutdown_grace_ms),
@@ -308,7 +321,7 @@ impl Snapshot {
     }
 }
 
-fn listeners(config: &Config) -> Vec<ListenerSpec> {
+fn listeners(source: &Source, config: &Config) -> Vec<ListenerSpec> {
     config
         .listeners
         .iter()
@@ -318,6 +331,10 @@ fn listeners(config: &Config) -> Vec<ListenerSpec> {
                 address: l.address.get_ref().parse().ok()?,
                 header_timeout: std::time::Duration::from_millis(l.header_timeout_ms),
                 proxy_protocol: l.proxy_protocol,
+                tls: match &l.tls {
+                    Some(tls) => Some(crate::tls::spec(source, tls)?),
+                    None => None,
+                },
             })
         })
         .collect()

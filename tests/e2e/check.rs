@@ -127,3 +127,20 @@ fn bad_configs_give_their_exact_errors() {
     }
     assert!(checked >= 5, "only {checked} bad configs found");
 }
+
+#[test]
+fn serve_names_the_file_and_key_of_a_listener_that_cannot_bind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let config = format!(
+        "[[listeners]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n[[listeners]]\nname = \"second\"\naddress = \"{addr}\"\n[policies.router]\ncomponent = \"builtin:router\"\n[[pools]]\nname = \"p\"\ntargets = [\"127.0.0.1:9\"]\n[[routes]]\nname = \"all\"\npath = \"/\"\npools = [\"p\"]\n"
+    );
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["serve", "--config"]).arg(&path).env("PORTCULLIS_CACHE_DIR", cache_dir()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!("{}: listeners[1].address: cannot bind {addr} (listener \"second\")", path.display());
+    assert!(err.contains(&want), "no `{want}` in:\n{err}");
+}

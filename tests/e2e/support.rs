@@ -96,7 +96,7 @@ impl Upstream {
 
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
-async fn answer(name: String, mut req: Request<Incoming>) -> Result<Response<BoxBody>, hyper::Error> {
+pub async fn answer(name: String, mut req: Request<Incoming>) -> Result<Response<BoxBody>, hyper::Error> {
     let path = req.uri().path().to_string();
     if path == "/ws" && req.headers().contains_key("upgrade") {
         // Accept the upgrade and echo bytes back (enough of WebSocket for a proxy test).

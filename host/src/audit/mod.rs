@@ -110,7 +110,7 @@ pub struct AuditSink {
 
 enum Sink {
     Disabled,
-    File(mpsc::Sender<Line>),
+    File { tx: mpsc::Sender<FileMessage>, path: PathBuf },
     Log { writer: Arc<LogWriter>, default: Durability },
 }
 
@@ -122,8 +122,8 @@ impl AuditSink {
         }
         let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(file, rx, path));
-        Ok(AuditSink { inner: Arc::new(Sink::File(tx)) })
+        tokio::spawn(write_loop(file, rx, path.clone()));
+        Ok(AuditSink { inner: Arc::new(Sink::File { tx, path }) })
     }
 
     /// The evidence log in `opts.dir` (recovered if it exists); `default`
@@ -195,8 +195,8 @@ impl AuditSink {
             Sink::Disabled => {
                 tracing::debug!(target: "audit", "audit line (no audit log configured): {}", serde_json::to_string(&line).unwrap_or_default());
             }
-            Sink::File(tx) => {
-                if tx.try_send(line).is_err() {
+            Sink::File { tx, .. } => {
+                if tx.try_send(FileMessage::Line(line)).is_err() {
                     tracing::error!(target: "audit", "audit queue full or closed: record dropped");
                 }
             }
@@ -211,12 +211,40 @@ impl AuditSink {
         }
     }
 
+    /// Whether records can reach the disk (`/readyz`): `Err` says why not.
+    /// The plain file must still be there (a deleted file would swallow
+    /// records) and open for appending; the evidence log's directory must
+    /// take a new file. No audit log configured: nothing to check.
+    pub fn check_writable(&self) -> Result<(), String> {
+        match &*self.inner {
+            Sink::Disabled => Ok(()),
+            Sink::File { tx, path } => {
+                if tx.is_closed() {
+                    return Err("the audit writer stopped".into());
+                }
+                std::fs::OpenOptions::new().append(true).open(path).map(drop).map_err(|e| format!("audit log {} is not writable: {e}", path.display()))
+            }
+            Sink::Log { writer, .. } => writer.check_writable(),
+        }
+    }
+
     /// At shutdown: write what is queued, seal the evidence log with a
-    /// signed checkpoint and fsync it. (The plain file is flushed per burst.)
+    /// signed checkpoint, and fsync (the plain file too: every line queued
+    /// before the call is written and on disk when it returns).
     pub async fn close(&self) {
-        if let Sink::Log { writer, .. } = &*self.inner {
-            let writer = writer.clone();
-            let _ = tokio::task::spawn_blocking(move || writer.close()).await;
+        match &*self.inner {
+            Sink::Log { writer, .. } => {
+                let writer = writer.clone();
+                let _ = tokio::task::spawn_blocking(move || writer.close()).await;
+            }
+            Sink::File { tx, path } => {
+                let (done, synced) = tokio::sync::oneshot::channel();
+                // Behind every line already queued; waits for room if the queue is full.
+                if tx.send(FileMessage::Sync(done)).await.is_err() || synced.await.is_err() {
+                    tracing::error!(target: "audit", path = %path.display(), "the audit writer stopped before the log could be synced");
+                }
+            }
+            Sink::Disabled => {}
         }
     }
 }
@@ -278,24 +306,46 @@ pub fn metrics(stats: &LogStats) -> String {
     out
 }
 
-async fn write_loop(file: tokio::fs::File, mut rx: mpsc::Receiver<Line>, path: PathBuf) {
+/// What the plain file's writer task receives.
+enum FileMessage {
+    /// A line to append.
+    Line(Line),
+    /// Flush and fsync everything before it, then answer (shutdown).
+    Sync(tokio::sync::oneshot::Sender<()>),
+}
+
+async fn write_loop(file: tokio::fs::File, mut rx: mpsc::Receiver<FileMessage>, path: PathBuf) {
     let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, file);
     let mut line = Vec::with_capacity(1024);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
+        let mut syncs = Vec::new();
         // Write everything queued, then flush once: one write per burst.
-        while let Some(record) = next {
-            line.clear();
-            if serde_json::to_writer(&mut line, &record).is_ok() {
-                line.push(b'\n');
-                if let Err(e) = out.write_all(&line).await {
-                    tracing::error!(target: "audit", path = %path.display(), "cannot write audit record: {e}");
+        while let Some(message) = next {
+            match message {
+                FileMessage::Line(record) => {
+                    line.clear();
+                    if serde_json::to_writer(&mut line, &record).is_ok() {
+                        line.push(b'\n');
+                        if let Err(e) = out.write_all(&line).await {
+                            tracing::error!(target: "audit", path = %path.display(), "cannot write audit record: {e}");
+                        }
+                    }
                 }
+                FileMessage::Sync(done) => syncs.push(done),
             }
             next = rx.try_recv().ok();
         }
         if let Err(e) = out.flush().await {
             tracing::error!(target: "audit", path = %path.display(), "cannot flush audit log: {e}");
+        }
+        if !syncs.is_empty() {
+            if let Err(e) = out.get_ref().sync_all().await {
+                tracing::error!(target: "audit", path = %path.display(), "cannot fsync audit log: {e}");
+            }
+            for done in syncs {
+                let _ = done.send(());
+            }
         }
     }
 }

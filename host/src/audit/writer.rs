@@ -156,6 +156,23 @@ impl LogWriter {
         rx
     }
 
+    /// Whether records can still reach the disk (readiness): the writer
+    /// runs, and a file can be created in the log directory (not removed,
+    /// not read-only, not full of inodes). Cheap enough for a probe every
+    /// few seconds; the probe file is removed at once.
+    pub fn check_writable(&self) -> Result<(), String> {
+        if self.shared.queue.lock().expect("audit queue").closed {
+            return Err("the audit log is closed".into());
+        }
+        if self.thread.lock().expect("writer handle").as_ref().is_none_or(|t| t.is_finished()) {
+            return Err("the audit writer thread stopped".into());
+        }
+        let probe = self.dir.join(".readyz-probe");
+        let written = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&probe).and_then(|mut f| std::io::Write::write_all(&mut f, b"ok"));
+        let _ = std::fs::remove_file(&probe);
+        written.map_err(|e| format!("audit log directory {} is not writable: {e}", self.dir.display()))
+    }
+
     /// Records waiting for the writer thread.
     pub fn queued(&self) -> usize {
         self.shared.queue.lock().expect("audit queue").items.len()

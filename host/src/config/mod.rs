@@ -293,6 +293,9 @@ pub struct Listener {
     /// Hetzner's load balancer sends it); the peer must be a trusted proxy.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Terminate TLS (see `crate::tls`); plain HTTP when absent.
+    #[serde(default)]
+    pub tls: Option<crate::tls::ListenerTls>,
 }
 
 fn default_header_timeout() -> u64 {
@@ -345,6 +348,35 @@ pub struct Pool {
     /// route that names an internal pool (Nutri's ML service).
     #[serde(default)]
     pub internal: bool,
+    /// TLS (and optionally mTLS) to the targets; plain HTTP when absent.
+    #[serde(default)]
+    pub tls: Option<crate::tls::upstream::PoolTls>,
+    /// Retries of idempotent requests whose connection failed, with a budget.
+    #[serde(default)]
+    pub retries: Retries,
+}
+
+/// `[pools.retries]`: a request is retried on another target only when it
+/// never reached an upstream (the connection failed), only for idempotent
+/// methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE), and only if its body
+/// was not sent. Retries stay within a budget, as linkerd's: at most
+/// `budget_ratio` of the pool's requests over the last 10 s, plus
+/// `min_per_second`, so a failing pool is not hammered by retries.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retries {
+    /// Further tries of one request (0: never retry).
+    pub attempts: u32,
+    /// Retries allowed as a share of requests over the window.
+    pub budget_ratio: f64,
+    /// Retries allowed per second whatever the traffic (a quiet pool may still retry).
+    pub min_per_second: u32,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries { attempts: 1, budget_ratio: 0.2, min_per_second: 10 }
+    }
 }
 
 fn default_connect_timeout() -> u64 {
@@ -410,6 +442,8 @@ impl Pool {
             && self.passive == other.passive
             && self.health == other.health
             && self.internal == other.internal
+            && self.tls == other.tls
+            && self.retries == other.retries
     }
 }
 
@@ -472,6 +506,10 @@ pub struct Route {
     /// `"durable"` or `"async"`: when this route's audit record must be on disk (default `[audit] mode`).
     #[serde(default)]
     pub audit: Option<crate::audit::Durability>,
+    /// Budget from sending the request to the upstream's response head
+    /// (504 after), overriding the pool's `response_timeout_ms`.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
     /// Have the host read the body (bounded) and give the route's policies
     /// its HMAC-SHA256 as fact `body.hmac-sha256` (webhook signatures).
     #[serde(default)]

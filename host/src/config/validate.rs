@@ -23,6 +23,9 @@ pub fn validate(source: &Source, config: &Config) -> Result<(), ConfigErrors> {
         if l.address.get_ref().parse::<SocketAddr>().is_err() {
             errors.push(source.error_at(&l.address, format!("listeners[{i}].address"), format!("expected ip:port, got {:?}", l.address.get_ref())));
         }
+        if let Some(tls) = &l.tls {
+            errors.extend(crate::tls::check(source, i, tls, &l.address));
+        }
     }
 
     for (i, p) in config.trusted_proxies_iter() {
@@ -48,6 +51,16 @@ pub fn validate(source: &Source, config: &Config) -> Result<(), ConfigErrors> {
             if let Err(reason) = check_target(t.get_ref()) {
                 errors.push(source.error_at(t, format!("pools[{i}].targets[{j}]"), reason));
             }
+        }
+        if let Some(tls) = &pool.tls {
+            errors.extend(crate::tls::upstream::check(source, i, tls));
+        }
+        let r = &pool.retries;
+        if !(0.0..=1.0).contains(&r.budget_ratio) {
+            errors.push(source.error_at(&pool.name, format!("pools[{i}].retries.budget_ratio"), format!("expected a share between 0 and 1, got {}", r.budget_ratio)));
+        }
+        if r.attempts > 5 {
+            errors.push(source.error_at(&pool.name, format!("pools[{i}].retries.attempts"), format!("at most 5 further tries, got {}", r.attempts)));
         }
         if let Some(h) = &pool.health {
             if !h.path.starts_with('/') {
@@ -110,6 +123,9 @@ pub fn validate(source: &Source, config: &Config) -> Result<(), ConfigErrors> {
             if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
                 errors.push(source.error_at(m, format!("routes[{i}].methods[{j}]"), format!("expected an upper-case method such as GET, got {method:?}")));
             }
+        }
+        if r.timeout_ms == Some(0) {
+            errors.push(source.error_at(&r.name, format!("routes[{i}].timeout_ms"), "must be positive (leave it out to use the pool's response_timeout_ms)"));
         }
         if r.pools.is_empty() {
             errors.push(source.error_at(&r.name, format!("routes[{i}].pools"), "a route needs at least one pool"));

@@ -1,8 +1,11 @@
 //! Listen stage: accept connections and serve HTTP/1.1 (keep-alive,
-//! upgrades) and HTTP/2 (prior knowledge, h2c) on each listener.
+//! upgrades) and HTTP/2 (prior knowledge, h2c) on each listener; on a TLS
+//! listener the handshake comes first (`crate::tls`), and HTTP/2 is chosen
+//! by ALPN.
 
 use super::Gateway;
 use crate::snapshot::ListenerSpec;
+use crate::tls::CertStore;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -74,15 +77,18 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Listener name.
     pub listener: Arc<str>,
+    /// The connection is TLS (terminated here): the request's scheme is `https`.
+    pub tls: bool,
 }
 
-/// Bind every listener; fails before serving anything if one cannot bind.
-pub async fn bind(specs: &[ListenerSpec]) -> std::io::Result<Vec<(ListenerSpec, TcpListener)>> {
+/// Bind every listener; fails before serving anything if one cannot bind
+/// (with the name of the listener that could not).
+pub async fn bind(specs: &[ListenerSpec]) -> Result<Vec<(ListenerSpec, TcpListener)>, (String, std::io::Error)> {
     let mut out = Vec::new();
     for spec in specs {
         let l = TcpListener::bind(spec.address)
             .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind listener {:?} on {}: {e}", spec.name, spec.address)))?;
+            .map_err(|e| (spec.name.clone(), std::io::Error::new(e.kind(), format!("cannot bind {} (listener {:?}): {e}", spec.address, spec.name))))?;
         out.push((spec.clone(), l));
     }
     Ok(out)
@@ -93,8 +99,23 @@ pub async fn bind(specs: &[ListenerSpec]) -> std::io::Result<Vec<(ListenerSpec, 
 /// When `stop` turns true the listener closes its socket, tells every open
 /// connection to finish (HTTP/1: close after the response in flight; HTTP/2:
 /// GOAWAY) and returns once they have all ended.
-pub async fn serve(gateway: Arc<Gateway>, spec: ListenerSpec, listener: TcpListener, mut stop: tokio::sync::watch::Receiver<bool>) {
+///
+/// With `tls`, every connection is a TLS handshake first (bounded by the
+/// listener's header timeout), and the certificate files are watched for
+/// renewal as long as the listener runs.
+pub async fn serve(gateway: Arc<Gateway>, spec: ListenerSpec, listener: TcpListener, tls: Option<Arc<CertStore>>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let name: Arc<str> = spec.name.as_str().into();
+    let (acceptor, _watch) = match tls {
+        Some(store) => match store.server_config() {
+            Ok(config) => (Some(tokio_rustls::TlsAcceptor::from(config)), watch_certificates(&gateway, &name, store)),
+            Err(e) => {
+                // Only a provider that lacks every TLS 1.2/1.3 suite gets here: not serving is the safe answer.
+                tracing::error!(listener = %name, "cannot build the TLS configuration; the listener does not serve: {e}");
+                return;
+            }
+        },
+        None => (None, None),
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(spec.header_timeout).keep_alive(true).max_buf_size(gateway.max_head_buf());
     builder.http2().timer(TokioTimer::new()).max_header_list_size(gateway.max_head_buf() as u32);
@@ -120,6 +141,8 @@ pub async fn serve(gateway: Arc<Gateway>, spec: ListenerSpec, listener: TcpListe
         let watcher = graceful.watcher();
         let name = name.clone();
         let proxy_protocol = spec.proxy_protocol;
+        let acceptor = acceptor.clone();
+        let handshake_timeout = spec.header_timeout;
         tokio::spawn(async move {
             let mut stream = stream;
             let mut peer = peer;
@@ -142,13 +165,31 @@ pub async fn serve(gateway: Arc<Gateway>, spec: ListenerSpec, listener: TcpListe
                     }
                 }
             }
-            let info = ConnInfo { peer, listener: name };
+            let info = ConnInfo { peer, listener: name.clone(), tls: acceptor.is_some() };
             let service = service_fn(move |req| {
                 let gateway = gateway.clone();
                 let info = info.clone();
                 async move { Ok::<_, std::convert::Infallible>(super::handle(gateway, info, req).await) }
             });
-            if let Err(e) = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await {
+            let served = match acceptor {
+                None => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await,
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            // rustls has sent its alert (e.g. protocol_version for TLS 1.1).
+                            tracing::debug!(listener = %name, %peer, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = %name, %peer, "no TLS handshake in time");
+                            return;
+                        }
+                    };
+                    watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
         });
@@ -156,4 +197,20 @@ pub async fn serve(gateway: Arc<Gateway>, spec: ListenerSpec, listener: TcpListe
     drop(listener);
     tracing::info!(listener = %name, open = graceful.count(), "listener closed; finishing open connections");
     graceful.shutdown().await;
+}
+
+/// Reload `store` when its files change, for as long as the guard lives;
+/// every outcome is logged and audited (a bad new pair keeps the old one).
+fn watch_certificates(gateway: &Arc<Gateway>, listener: &Arc<str>, store: Arc<CertStore>) -> Option<crate::tls::watch::WatchGuard> {
+    let (gateway, listener) = (gateway.clone(), listener.clone());
+    crate::tls::watch::watch(store, move |outcome| match outcome {
+        Ok(()) => {
+            tracing::info!(listener = %listener, "TLS certificates reloaded from their files");
+            gateway.audit.write_event(serde_json::json!({"event": "tls-reload", "listener": &*listener, "result": "ok"}));
+        }
+        Err(e) => {
+            tracing::error!(listener = %listener, "TLS certificate reload rejected, the previous certificates keep serving: {e}");
+            gateway.audit.write_event(serde_json::json!({"event": "tls-reload", "listener": &*listener, "result": "rejected", "reason": e.to_string()}));
+        }
+    })
 }

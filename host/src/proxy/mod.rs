@@ -64,6 +64,7 @@ async fn handle_request(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>
     let authority = authority(&parts);
     let (client_ip, peer_trusted) = client_ip(&snap, &conn, &parts.headers);
     let scheme = match parts.headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) {
+        _ if conn.tls => "https".to_string(),
         Some(p) if peer_trusted && (p == "https" || p == "http") => p.to_string(),
         _ => "http".to_string(),
     };
@@ -144,7 +145,7 @@ async fn handle_request(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>
             }
             let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
             // Forward stage.
-            match forward::forward(&pools, parts.method.clone(), &path_and_query, headers, body).await {
+            match forward::forward(&pools, parts.method.clone(), &path_and_query, headers, body, route.timeout).await {
                 Ok(mut up) => {
                     record.upstream = Some(format!("{}/{}", up.pool.name, up.lease.target.address));
                     record.region = up.pool.region.clone();
@@ -315,10 +316,11 @@ async fn complete(gw: &Gateway, snap: &Arc<Snapshot>, mut run: ChainRun, route_n
     }
     let metrics = crate::metrics::global();
     metrics.request_done(record.route.as_deref(), &record.method, record.status, duration_us, &record.outcome, record.error.as_deref(), &verdicts);
-    metrics.in_flight.dec();
     record.verdicts = verdicts;
     record.policies = run.audit;
     gw.audit.write(record);
+    // Counted out only once its record is queued: shutdown waits for zero before sealing the log.
+    metrics.in_flight.dec();
 }
 
 /// The router, then the route's chain.
