@@ -150,8 +150,10 @@ impl Replay {
 
     /// The body for one try; reading it marks it as sent.
     fn lend(&self) -> ProxyBody {
-        let end = self.slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_none_or(|b| b.is_end_stream());
-        let size = self.slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|b| b.size_hint()).unwrap_or_default();
+        let (end, size) = match self.slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(b) => (b.is_end_stream(), b.size_hint()),
+            None => (true, SizeHint::with_exact(0)),
+        };
         Lent { slot: self.slot.clone(), touched: self.touched.clone(), end, size }.boxed()
     }
 
@@ -186,7 +188,7 @@ impl Body for Lent {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.size.clone()
+        self.size
     }
 }
 
