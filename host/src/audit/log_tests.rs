@@ -372,7 +372,9 @@ fn rotation_by_age_seals_segments() {
     o.segment_max_age = Duration::from_millis(50);
     let w = LogWriter::open(o).unwrap();
     for i in 0..5 {
-        w.append(record(i));
+        // Wait until the writer has taken each record, so a loaded machine
+        // cannot batch two of them into one segment.
+        w.append_durable(record(i)).blocking_recv().unwrap().unwrap();
         std::thread::sleep(Duration::from_millis(80));
     }
     w.close();
