@@ -7,6 +7,7 @@ mod audit;
 mod check;
 mod clients;
 mod deploy;
+mod framing;
 mod hostile;
 mod policy_cases;
 mod policy_new;

@@ -9,6 +9,7 @@
 pub mod chain;
 pub mod digest;
 pub mod forward;
+pub mod framing;
 pub mod listen;
 pub mod respond;
 pub mod route;
@@ -86,6 +87,16 @@ async fn handle_request(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>
         let run = ChainRun::new(empty_head(&request_id), Default::default());
         return respond_gateway(&gw, &snap, run, None, record, err, started).await;
     }
+    if let Err(err) = framing::check(&parts) {
+        let run = ChainRun::new(empty_head(&request_id), Default::default());
+        let http1 = parts.version <= http::Version::HTTP_11;
+        let mut response = respond_gateway(&gw, &snap, run, None, record, err, started).await;
+        if http1 {
+            // Whatever follows an ambiguous request on this connection is not read as a request.
+            response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return response;
+    }
 
     // Upgrades (WebSocket) are kept aside; whether they pass depends on the route.
     let upgrade = parts.headers.get(UPGRADE).cloned();
@@ -159,7 +170,13 @@ async fn handle_request(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>
                     (response, "upstream".to_string(), Some(up.lease), Some(stats))
                 }
                 Err(err) => {
-                    let err = if stats.over_limit.load(Ordering::Relaxed) { GatewayError::BodyTooLarge { limit: route.body_limit } } else { err };
+                    let err = if stats.over_limit.load(Ordering::Relaxed) {
+                        GatewayError::BodyTooLarge { limit: route.body_limit }
+                    } else if stats.source_failed.load(Ordering::Relaxed) {
+                        GatewayError::ClientBody(err.to_string())
+                    } else {
+                        err
+                    };
                     let mut record = record;
                     record.bytes_in = stats.bytes.load(Ordering::Relaxed);
                     return respond_gateway(&gw, &snap, run, route_ref, record, err, started).await;
