@@ -282,7 +282,7 @@ fn same_file_name(watched: &std::path::Path, event: &std::path::Path) -> bool {
 }
 
 fn same_listener(a: &ListenerSpec, b: &ListenerSpec) -> bool {
-    a.name == b.name && a.address == b.address && a.header_timeout == b.header_timeout && a.proxy_protocol == b.proxy_protocol
+    a.name == b.name && a.address == b.address && a.limits == b.limits && a.proxy_protocol == b.proxy_protocol
 }
 
 /// Run the new chain's router on a synthetic request: a chain whose router

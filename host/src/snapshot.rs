@@ -73,8 +73,8 @@ pub struct ListenerSpec {
     pub name: String,
     /// Address.
     pub address: SocketAddr,
-    /// Header read timeout.
-    pub header_timeout: std::time::Duration,
+    /// Timeouts and limits of the listener's clients.
+    pub limits: crate::proxy::limits::Limits,
     /// Connections start with a PROXY protocol header.
     pub proxy_protocol: bool,
 }
@@ -299,7 +299,16 @@ fn listeners(config: &Config) -> Vec<ListenerSpec> {
             Some(ListenerSpec {
                 name: l.name.clone(),
                 address: l.address.get_ref().parse().ok()?,
-                header_timeout: std::time::Duration::from_millis(l.header_timeout_ms),
+                limits: crate::proxy::limits::Limits {
+                    header_timeout: std::time::Duration::from_millis(*l.header_timeout_ms.get_ref()),
+                    body_idle_timeout: std::time::Duration::from_millis(*l.body_idle_timeout_ms.get_ref()),
+                    write_timeout: std::time::Duration::from_millis(*l.write_timeout_ms.get_ref()),
+                    max_connections: *l.max_connections.get_ref(),
+                    max_requests_in_flight: *l.max_requests_in_flight.get_ref(),
+                    h2_max_concurrent_streams: *l.h2_max_concurrent_streams.get_ref(),
+                    h2_max_pending_accept_reset_streams: *l.h2_max_pending_accept_reset_streams.get_ref(),
+                    h2_max_local_error_reset_streams: *l.h2_max_local_error_reset_streams.get_ref(),
+                },
                 proxy_protocol: l.proxy_protocol,
             })
         })

@@ -8,6 +8,7 @@ mod check;
 mod clients;
 mod deploy;
 mod framing;
+mod greedy_clients;
 mod hostile;
 mod policy_cases;
 mod policy_new;

@@ -23,6 +23,27 @@ pub fn validate(source: &Source, config: &Config) -> Result<(), ConfigErrors> {
         if l.address.get_ref().parse::<SocketAddr>().is_err() {
             errors.push(source.error_at(&l.address, format!("listeners[{i}].address"), format!("expected ip:port, got {:?}", l.address.get_ref())));
         }
+        let mut positive: [(&str, u64, std::ops::Range<usize>); 8] = [
+            ("header_timeout_ms", *l.header_timeout_ms.get_ref(), l.header_timeout_ms.span()),
+            ("body_idle_timeout_ms", *l.body_idle_timeout_ms.get_ref(), l.body_idle_timeout_ms.span()),
+            ("write_timeout_ms", *l.write_timeout_ms.get_ref(), l.write_timeout_ms.span()),
+            ("max_connections", *l.max_connections.get_ref() as u64, l.max_connections.span()),
+            ("max_requests_in_flight", *l.max_requests_in_flight.get_ref() as u64, l.max_requests_in_flight.span()),
+            ("h2_max_concurrent_streams", u64::from(*l.h2_max_concurrent_streams.get_ref()), l.h2_max_concurrent_streams.span()),
+            ("h2_max_pending_accept_reset_streams", *l.h2_max_pending_accept_reset_streams.get_ref() as u64, l.h2_max_pending_accept_reset_streams.span()),
+            ("h2_max_local_error_reset_streams", *l.h2_max_local_error_reset_streams.get_ref() as u64, l.h2_max_local_error_reset_streams.span()),
+        ];
+        positive.sort_by_key(|(_, _, span)| span.start); // file order
+        for (key, value, span) in positive {
+            let at = toml::Spanned::new(span, ());
+            if value == 0 {
+                errors.push(source.error_at(&at, format!("listeners[{i}].{key}"), "must be positive (0 would refuse everything or never time out)"));
+            }
+            // Tokio's semaphores hold at most usize::MAX >> 3 places; far above any real limit.
+            if key.starts_with("max_") && value > 1 << 24 {
+                errors.push(source.error_at(&at, format!("listeners[{i}].{key}"), format!("{value} is above the largest supported ({})", 1 << 24)));
+            }
+        }
     }
 
     for (i, p) in config.trusted_proxies_iter() {

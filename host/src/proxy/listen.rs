@@ -4,7 +4,7 @@
 use super::Gateway;
 use crate::snapshot::ListenerSpec;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +74,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Listener name.
     pub listener: Arc<str>,
+    /// The listener's limits on what clients hold.
+    pub gates: Arc<super::limits::Gates>,
 }
 
 /// Bind every listener; fails before serving anything if one cannot bind.
@@ -96,9 +98,9 @@ pub async fn bind(specs: &[ListenerSpec]) -> std::io::Result<Vec<(ListenerSpec, 
 pub async fn serve(gateway: Arc<Gateway>, spec: ListenerSpec, listener: TcpListener, mut stop: tokio::sync::watch::Receiver<bool>) {
     let name: Arc<str> = spec.name.as_str().into();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(spec.header_timeout).keep_alive(true).max_buf_size(gateway.max_head_buf());
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(gateway.max_head_buf() as u32);
+    super::limits::configure(&mut builder, &spec.limits, gateway.max_head_buf());
     let builder = Arc::new(builder);
+    let gates = Arc::new(super::limits::Gates::new(&spec.limits));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
@@ -114,7 +116,13 @@ pub async fn serve(gateway: Arc<Gateway>, spec: ListenerSpec, listener: TcpListe
                 continue;
             }
         };
+        let Some(connection_place) = gates.connection() else {
+            tracing::warn!(listener = %name, %peer, "max_connections reached: connection answered 503");
+            tokio::spawn(super::limits::refuse_connection(stream));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let (gates, limits) = (gates.clone(), spec.limits.clone());
         let gateway = gateway.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -142,13 +150,14 @@ pub async fn serve(gateway: Arc<Gateway>, spec: ListenerSpec, listener: TcpListe
                     }
                 }
             }
-            let info = ConnInfo { peer, listener: name };
+            let _connection_place = connection_place;
+            let info = ConnInfo { peer, listener: name, gates };
             let service = service_fn(move |req| {
                 let gateway = gateway.clone();
                 let info = info.clone();
                 async move { Ok::<_, std::convert::Infallible>(super::handle(gateway, info, req).await) }
             });
-            if let Err(e) = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await {
+            if let Err(e) = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(super::limits::TimedIo::new(stream, &limits)), service).into_owned()).await {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
         });
