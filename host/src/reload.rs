@@ -9,7 +9,7 @@
 use crate::config::Source;
 use crate::proxy::{Gateway, listen};
 use crate::runtime::bindings::types;
-use crate::runtime::{PolicyState, hooks};
+use crate::runtime::hooks;
 use crate::snapshot::{ListenerSpec, Snapshot};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -290,7 +290,7 @@ fn same_listener(a: &ListenerSpec, b: &ListenerSpec) -> bool {
 async fn smoke(snap: &Snapshot) -> Result<(), String> {
     let link = &snap.router;
     let p = &link.policy;
-    let state = PolicyState::new(p.name.clone(), "reload-smoke".into(), p.settings.clone(), None, snap.runtime.memory_cap(), snap.services.clone());
+    let state = p.state("reload-smoke".into(), None, snap.services.clone());
     let head = types::RequestHead {
         id: "reload-smoke".into(),
         method: "GET".into(),

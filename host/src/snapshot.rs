@@ -31,6 +31,19 @@ pub struct LoadedPolicy {
     pub module: PolicyModule,
     /// Flattened settings.
     pub settings: Settings,
+    /// Largest linear memory of one instance (`memory`, else `[runtime] policy_memory`).
+    pub memory_cap: usize,
+    /// Budget of one call (`deadline_ms`, else `[runtime] policy_deadline_ms`).
+    pub deadline: std::time::Duration,
+}
+
+impl LoadedPolicy {
+    /// State for one call of this policy, under its own limits.
+    pub fn state(&self, request_id: Arc<str>, overrides: Option<Settings>, services: Arc<crate::runtime::Services>) -> PolicyState {
+        let mut state = PolicyState::new(self.name.clone(), request_id, self.settings.clone(), overrides, self.memory_cap, services);
+        state.deadline = Some(self.deadline);
+        state
+    }
 }
 
 /// A policy as it runs on one route: the route's overrides and declared hooks.
@@ -151,7 +164,16 @@ impl Snapshot {
                     let namespace = if *name == router_name { "route".to_string() } else { name.clone() };
                     policies.insert(
                         name.clone(),
-                        Arc::new(LoadedPolicy { name: name.as_str().into(), namespace, source: def.component.get_ref().clone(), module, settings: Arc::new(flat) }),
+                        Arc::new(LoadedPolicy {
+                            name: name.as_str().into(),
+                            namespace,
+                            source: def.component.get_ref().clone(),
+                            module,
+                            settings: Arc::new(flat),
+                            // Capped by the runtime's slot size, which a reload cannot change.
+                            memory_cap: def.memory.as_ref().map_or(runtime.memory_cap(), |m| (m.get_ref().0 as usize).min(runtime.memory_cap())),
+                            deadline: def.deadline_ms.as_ref().map_or(std::time::Duration::from_millis(config.runtime.policy_deadline_ms), |d| std::time::Duration::from_millis(*d.get_ref())),
+                        }),
                     );
                 }
                 Err(e) => errors.push(e),
@@ -330,7 +352,7 @@ fn load_component(source: &Source, runtime: &Runtime, name: &str, def: &config::
 }
 
 async fn check(runtime: &Runtime, services: &Arc<Services>, p: &LoadedPolicy, overrides: Option<Settings>) -> Result<Hooks, String> {
-    let state = || PolicyState::new(p.name.clone(), "check".into(), p.settings.clone(), overrides.clone(), runtime.memory_cap(), services.clone());
+    let state = || p.state("check".into(), overrides.clone(), services.clone());
     match hooks::check_config(runtime, &p.module, state()).await {
         Ok(Ok(())) => {}
         Ok(Err(reason)) => return Err(format!("check-config refused the settings: {reason}")),

@@ -464,6 +464,12 @@ pub struct PolicyDef {
     /// The policy's settings, readable through `host.setting`.
     #[serde(default)]
     pub settings: toml::Table,
+    /// Largest linear memory of one instance of this policy (`[runtime] policy_memory` when absent; at most that).
+    #[serde(default)]
+    pub memory: Option<Spanned<ByteSize>>,
+    /// Wall-clock budget of one call of this policy (`[runtime] policy_deadline_ms` when absent).
+    #[serde(default)]
+    pub deadline_ms: Option<Spanned<u64>>,
 }
 
 /// How a route's path is compared.

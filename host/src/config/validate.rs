@@ -8,6 +8,9 @@ use std::net::SocketAddr;
 /// Names a policy may not take: their fact namespaces belong to the host and router.
 const RESERVED_POLICY_NAMES: &[&str] = &["route", "gateway", "body"];
 
+/// Longest per-policy deadline: a policy call holds a request and an instance slot.
+const MAX_POLICY_DEADLINE_MS: u64 = 60_000;
+
 /// Validate references and values of a parsed configuration.
 pub fn validate(source: &Source, config: &Config) -> Result<(), ConfigErrors> {
     let mut errors: Vec<ConfigError> = Vec::new();
@@ -89,6 +92,19 @@ pub fn validate(source: &Source, config: &Config) -> Result<(), ConfigErrors> {
         }
         if !valid_name(name) {
             errors.push(source.error_at(&def.component, format!("policies.{name}"), "a policy name is letters, digits, '-' and '_'"));
+        }
+        if let Some(m) = &def.memory {
+            let (bytes, ceiling) = (m.get_ref().0, config.runtime.policy_memory.0);
+            if bytes < 64 * 1024 {
+                errors.push(source.error_at(m, format!("policies.{name}.memory"), format!("{bytes} bytes is less than one WebAssembly page (64KiB)")));
+            } else if bytes > ceiling {
+                errors.push(source.error_at(m, format!("policies.{name}.memory"), format!("{bytes} bytes is above [runtime] policy_memory ({ceiling} bytes), the size of every instance slot; raise that instead")));
+            }
+        }
+        if let Some(d) = &def.deadline_ms
+            && !(1..=MAX_POLICY_DEADLINE_MS).contains(d.get_ref())
+        {
+            errors.push(source.error_at(d, format!("policies.{name}.deadline_ms"), format!("expected 1..={MAX_POLICY_DEADLINE_MS} milliseconds, got {}", d.get_ref())));
         }
         if def.component.get_ref().trim().is_empty() {
             errors.push(source.error_at(&def.component, format!("policies.{name}.component"), "empty component path"));

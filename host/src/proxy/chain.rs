@@ -7,7 +7,7 @@ use super::respond::{header_pair, reply_to_response};
 use crate::body::ProxyBody;
 use crate::error::GatewayError;
 use crate::runtime::bindings::types::{self, Verdict};
-use crate::runtime::{FailureClass, PolicyFailure, PolicyState, hooks};
+use crate::runtime::{FailureClass, PolicyFailure, hooks};
 use crate::snapshot::{Link, RouteEntry, Snapshot};
 use http::{HeaderMap, Response};
 use http_body_util::BodyExt;
@@ -116,7 +116,7 @@ pub async fn run(snap: &Arc<Snapshot>, run: &mut ChainRun, body: &mut ProxyBody)
 async fn step(snap: &Snapshot, route: Option<&RouteEntry>, which: LinkRef, run: &mut ChainRun) -> Result<Option<ChainEnd>, GatewayError> {
     let link = which.get(snap, route);
     let policy = &link.policy;
-    let state = PolicyState::new(policy.name.clone(), run.head.id.as_str().into(), policy.settings.clone(), link.overrides.clone(), snap.runtime.memory_cap(), snap.services.clone());
+    let state = policy.state(run.head.id.as_str().into(), link.overrides.clone(), snap.services.clone());
     let (verdict, audit) = hooks::on_request(&snap.runtime, &policy.module, state, &run.head).await;
     run.add_audit(&policy.name, audit);
     run.ran.push(which);
@@ -124,6 +124,9 @@ async fn step(snap: &Snapshot, route: Option<&RouteEntry>, which: LinkRef, run: 
         Ok(v) => v,
         Err(failure) => {
             run.verdicts.push((policy.name.to_string(), format!("failed:{}", failure.class)));
+            if let Some(limit) = broken_limit(policy, &failure) {
+                run.add_audit(&policy.name, vec![("limit".into(), limit)]);
+            }
             return Err(failure.into());
         }
     };
@@ -151,6 +154,15 @@ async fn step(snap: &Snapshot, route: Option<&RouteEntry>, which: LinkRef, run: 
                 Err(contract(link, why).into())
             }
         },
+    }
+}
+
+/// Which of its own limits a policy broke, for the audit record (the host writes it; the policy cannot).
+pub fn broken_limit(policy: &crate::snapshot::LoadedPolicy, failure: &PolicyFailure) -> Option<String> {
+    match failure.class {
+        crate::runtime::FailureClass::MemoryLimit => Some(format!("memory {} bytes", policy.memory_cap)),
+        crate::runtime::FailureClass::Deadline => Some(format!("deadline {} ms", policy.deadline.as_millis())),
+        _ => None,
     }
 }
 

@@ -20,7 +20,7 @@ use crate::body::{BodyStats, Counted, Ending, Finish, ProxyBody};
 use crate::error::GatewayError;
 use crate::pool::Lease;
 use crate::runtime::bindings::types;
-use crate::runtime::{PolicyState, hooks};
+use crate::runtime::hooks;
 use crate::snapshot::Snapshot;
 use chain::{ChainEnd, ChainRun, LinkRef};
 use http::header::{HOST, UPGRADE};
@@ -241,7 +241,7 @@ async fn finish(
             continue;
         }
         let resp_head = respond::response_head(response.status(), response.headers(), &source);
-        let state = PolicyState::new(link.policy.name.clone(), record.id.as_str().into(), link.policy.settings.clone(), link.overrides.clone(), snap.runtime.memory_cap(), snap.services.clone());
+        let state = link.policy.state(record.id.as_str().into(), link.overrides.clone(), snap.services.clone());
         let (edits, audit) = hooks::on_response(&snap.runtime, &link.policy.module, state, &run.head, &resp_head).await;
         run.add_audit(&link.policy.name, audit);
         let result = edits.map_err(GatewayError::from).and_then(|e| {
@@ -339,7 +339,7 @@ async fn complete(gw: &Gateway, snap: &Arc<Snapshot>, mut run: ChainRun, route_n
         if !link.hooks.contains(types::HookSet::ON_COMPLETE) {
             continue;
         }
-        let state = PolicyState::new(link.policy.name.clone(), record.id.as_str().into(), link.policy.settings.clone(), link.overrides.clone(), snap.runtime.memory_cap(), snap.services.clone());
+        let state = link.policy.state(record.id.as_str().into(), link.overrides.clone(), snap.services.clone());
         let (result, audit) = hooks::on_complete(&snap.runtime, &link.policy.module, state, &run.head, &done).await;
         run.add_audit(&link.policy.name, audit);
         if let Err(f) = result {

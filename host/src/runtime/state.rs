@@ -42,6 +42,8 @@ pub struct PolicyState {
     token_scope: Option<Scope>,
     /// Canned host answers (`policy test` only; `None` in the gateway).
     pub mocks: Option<std::sync::Arc<HostMocks>>,
+    /// This policy's own call deadline; the runtime's when `None`.
+    pub deadline: Option<std::time::Duration>,
 }
 
 impl PolicyState {
@@ -60,6 +62,7 @@ impl PolicyState {
             key_generation: None,
             token_scope: None,
             mocks: None,
+            deadline: None,
         }
     }
 
@@ -83,7 +86,8 @@ impl PolicyState {
 /// Per-instance memory cap. The pooling allocator bounds every memory too;
 /// this one tells a memory failure apart from any other trap.
 pub struct MemoryCap {
-    cap: usize,
+    /// Largest linear memory, bytes.
+    pub cap: usize,
     /// Set when a `memory.grow` past the cap was refused.
     pub refused: bool,
 }
