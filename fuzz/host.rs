@@ -15,7 +15,7 @@ use portcullis::config::{self, Source};
 use portcullis::proxy::respond;
 use portcullis::runtime::bindings::types;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,11 +26,7 @@ fn cases() -> u32 {
 fn runner() -> TestRunner {
     // Fixed seed by default: CI runs the same cases every time. PORTCULLIS_FUZZ_RANDOM=1 explores.
     let config = Config { cases: cases(), failure_persistence: None, ..Config::default() };
-    if std::env::var_os("PORTCULLIS_FUZZ_RANDOM").is_some() { TestRunner::new(config) } else { TestRunner::new_with_rng(config, proptest::test_runner::TestRng::deterministic_rng(config_rng())) }
-}
-
-fn config_rng() -> proptest::test_runner::RngAlgorithm {
-    proptest::test_runner::RngAlgorithm::ChaCha
+    if std::env::var_os("PORTCULLIS_FUZZ_RANDOM").is_some() { TestRunner::new(config) } else { TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha)) }
 }
 
 /// The seed corpus of `target`: every file in fuzz/corpus/<target>/.

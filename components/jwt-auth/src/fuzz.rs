@@ -15,7 +15,8 @@ fn cases() -> u32 {
 
 fn runner() -> TestRunner {
     let config = Config { cases: cases(), failure_persistence: None, ..Config::default() };
-    TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha))
+    // Fixed seed by default: CI runs the same cases every time. PORTCULLIS_FUZZ_RANDOM=1 explores.
+    if std::env::var_os("PORTCULLIS_FUZZ_RANDOM").is_some() { TestRunner::new(config) } else { TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha)) }
 }
 
 fn seeds() -> Vec<Vec<u8>> {
