@@ -152,6 +152,10 @@ impl<T: AsyncWrite> TimedIo<T> {
         match op(this.inner, cx) {
             Poll::Ready(r) => {
                 *this.write_waiting = false;
+                // The gateway answers only once the protocol is known: whatever
+                // the first request's size (`GET / HTTP/1.0` is 18 bytes), the
+                // first-bytes deadline is over.
+                *this.first_bytes_left = 0;
                 Poll::Ready(r)
             }
             Poll::Pending => {
@@ -374,5 +378,15 @@ mod tests {
         // Past the first bytes, waiting is the HTTP codec's business (its own timers).
         let later = tokio::time::timeout(Duration::from_millis(400), io.read(&mut buf)).await;
         assert!(later.is_err(), "no deadline after the first bytes");
+
+        // A short first request that was answered: no deadline either.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut io = TimedIo::new(server, &limits());
+        client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 18);
+        io.write_all(b"HTTP/1.0 200 OK\r\n\r\n").await.unwrap();
+        let later = tokio::time::timeout(Duration::from_millis(400), io.read(&mut buf)).await;
+        assert!(later.is_err(), "no deadline once the gateway has answered");
+        drop(client);
     }
 }

@@ -252,6 +252,11 @@ async fn finish(
         if let Err(err) = result {
             // Fail closed: the upstream's answer is not released.
             tracing::warn!(request_id = %record.id, "{err}");
+            if let GatewayError::Policy(failure) = &err
+                && let Some(limit) = chain::broken_limit(&link.policy, failure)
+            {
+                run.add_audit(&link.policy.name, vec![("limit".into(), limit)]);
+            }
             run.verdicts.push((link.policy.name.to_string(), format!("failed:{}", slug_class(&err))));
             record.error = Some(err.slug());
             response = respond::problem(&err, &record.id);
