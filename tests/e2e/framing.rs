@@ -24,11 +24,14 @@ impl Received {
     }
 }
 
+/// The bytes each accepted connection sent, in accept order.
+type Connections = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
+
 /// A raw TCP upstream: answers every complete request with a fixed
 /// `200 ok` and keeps every byte each connection sent.
 pub struct Recorder {
     pub addr: std::net::SocketAddr,
-    connections: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    connections: Connections,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -42,7 +45,7 @@ impl Recorder {
     pub async fn start() -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let connections: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let connections: Connections = Arc::default();
         let all = connections.clone();
         let task = tokio::spawn(async move {
             loop {
