@@ -6,7 +6,7 @@
 //! | `GET /healthz` | no | 200 while the process serves |
 //! | `GET /readyz` | no | 200 when a chain is loaded and the audit log is writable; 503 with the reason otherwise |
 //! | `GET /metrics` | no | Prometheus text: requests, policy verdicts, upstreams, reloads, chain version ([`crate::metrics`]); audit log counters |
-//! | `GET /admin/policies` | yes | loaded components: name, source, SHA-256, load time, chain version |
+//! | `GET /admin/policies` | yes | loaded components: name, source, SHA-256, memory and deadline limits, load time, chain version |
 //! | `POST /admin/reload` | yes | 200 with the new version, or 422 with every reason |
 //!
 //! The token (`Authorization: Bearer …`) comes from `admin.token_file` or
@@ -84,6 +84,8 @@ async fn handle(reloader: &Reloader, token: Option<&str>, req: Request<Incoming>
                                 "source": p.source,
                                 "sha256": p.module.digest,
                                 "async": p.module.is_async(),
+                                "memory": p.memory_cap,
+                                "deadline_ms": p.deadline.as_millis() as u64,
                             })
                         })
                         .collect();

@@ -28,6 +28,26 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
+/// The stream a body is read from failed (a malformed chunk, a cut
+/// connection, an idle timeout): the fault of whoever sends the body, not of
+/// whoever it was being passed to.
+#[derive(Debug, thiserror::Error)]
+#[error("the body's sender failed: {0}")]
+pub struct SourceFailed(#[source] pub BoxError);
+
+/// Whether `e`, or an error it wraps, says the body's sender (not the
+/// receiver) failed or overran its limit.
+pub fn sender_at_fault(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<SourceFailed>() || err.is::<BodyTooLarge>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Counters shared between a body wrapper and the request path.
 #[derive(Debug, Default)]
 pub struct BodyStats {
@@ -37,6 +57,8 @@ pub struct BodyStats {
     pub finished: AtomicBool,
     /// The body was cut for exceeding its limit.
     pub over_limit: AtomicBool,
+    /// The body's source failed ([`SourceFailed`]).
+    pub source_failed: AtomicBool,
 }
 
 pin_project! {
@@ -79,7 +101,10 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                this.stats.source_failed.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(Box::new(SourceFailed(e.into())))))
+            }
             Poll::Ready(None) => {
                 this.stats.finished.store(true, Ordering::Relaxed);
                 Poll::Ready(None)

@@ -44,6 +44,17 @@ pub enum GatewayError {
     /// The request could not be understood.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The request's framing is ambiguous or malformed (smuggling attempts:
+    /// transfer codings, `Host` against the request target); see `proxy::framing`.
+    #[error("malformed request framing: {0}")]
+    Framing(String),
+    /// The client's body stream broke (a bad chunk size, a cut connection)
+    /// or stalled past the listener's `body_idle_timeout_ms`.
+    #[error("the request body could not be read: {0}")]
+    ClientBody(String),
+    /// The listener is at its connection or in-flight request limit.
+    #[error("listener at capacity: {0}")]
+    Overloaded(String),
     /// A policy failed; the request is refused (fail closed).
     #[error(transparent)]
     Policy(#[from] PolicyFailure),
@@ -92,7 +103,8 @@ impl GatewayError {
         match self {
             GatewayError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BadRequest(_) | GatewayError::Framing(_) | GatewayError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Policy(f) => match f.class {
                 FailureClass::Capacity => StatusCode::SERVICE_UNAVAILABLE,
@@ -108,7 +120,8 @@ impl GatewayError {
     /// Whose fault it was.
     pub fn fault(&self) -> Fault {
         match self {
-            GatewayError::HeadTooLarge { .. } | GatewayError::BodyTooLarge { .. } | GatewayError::BodyTimeout { .. } | GatewayError::BadRequest(_) => Fault::Downstream,
+            GatewayError::HeadTooLarge { .. } | GatewayError::BodyTooLarge { .. } | GatewayError::BodyTimeout { .. } | GatewayError::BadRequest(_) | GatewayError::Framing(_) | GatewayError::ClientBody(_) => Fault::Downstream,
+            GatewayError::Overloaded(_) => Fault::Internal,
             GatewayError::Policy(_) => Fault::Policy,
             GatewayError::UnknownRoute(_) | GatewayError::NoHealthyTarget { .. } | GatewayError::AuditUnavailable(_) => Fault::Internal,
             GatewayError::UpstreamConnect { .. } | GatewayError::UpstreamTimeout { .. } | GatewayError::UpstreamProtocol { .. } => Fault::Upstream,
@@ -127,6 +140,9 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => "request-body-too-large".into(),
             GatewayError::BodyTimeout { .. } => "request-body-timeout".into(),
             GatewayError::BadRequest(_) => "bad-request".into(),
+            GatewayError::Framing(_) => "request-framing".into(),
+            GatewayError::ClientBody(_) => "request-body-broken".into(),
+            GatewayError::Overloaded(_) => "overloaded".into(),
             GatewayError::Policy(f) => format!("policy-{}", f.class),
             GatewayError::UnknownRoute(_) => "unknown-route".into(),
             GatewayError::NoHealthyTarget { .. } => "no-healthy-upstream".into(),
@@ -143,7 +159,9 @@ impl GatewayError {
             GatewayError::HeadTooLarge { limit, .. } => format!("The request head exceeds {limit} bytes."),
             GatewayError::BodyTooLarge { limit } => format!("The request body exceeds {limit} bytes."),
             GatewayError::BodyTimeout { timeout_ms } => format!("The request body did not arrive within {timeout_ms} ms."),
-            GatewayError::BadRequest(why) => why.clone(),
+            GatewayError::BadRequest(why) | GatewayError::Framing(why) => why.clone(),
+            GatewayError::ClientBody(_) => "The request body could not be read.".into(),
+            GatewayError::Overloaded(_) => "The gateway is at capacity; retry later.".into(),
             GatewayError::Policy(f) => {
                 let what = match f.class {
                     FailureClass::Trap => "trapped",

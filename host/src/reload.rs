@@ -9,7 +9,7 @@
 use crate::config::Source;
 use crate::proxy::{Gateway, listen};
 use crate::runtime::bindings::types;
-use crate::runtime::{PolicyState, hooks};
+use crate::runtime::hooks;
 use crate::snapshot::{ListenerSpec, Snapshot};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -197,12 +197,15 @@ impl Reloader {
         });
     }
 
-    /// Reload when a watched file changes (debounced), forever.
-    pub fn spawn_watcher(self: &Arc<Self>) {
+    /// Start watching the files now (events are queued from here on), so
+    /// that an edit made between start-up and the first reload loop is not
+    /// lost; [`FileWatch::spawn`] then reloads on them, forever. Call it
+    /// before the listeners announce themselves.
+    pub fn watch_files(self: &Arc<Self>) -> Option<FileWatch> {
         if self.config_path.is_none() || !self.gateway.snapshot.load().watch {
-            return;
+            return None;
         }
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
         // File names we care about, checked on notify's own thread, so that
         // other files in the same directories (the audit log, written on
         // every request) never wake the request runtime.
@@ -224,12 +227,27 @@ impl Reloader {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!("cannot watch the configuration for changes: {e}");
-                return;
+                return None;
             }
         };
-        // Watch before returning, so an edit made right after start-up is seen.
-        let mut watched = watch_dirs(&mut watcher, &[], &self.gateway.snapshot.load().watch_paths);
-        let this = self.clone();
+        let watched = watch_dirs(&mut watcher, &[], &self.gateway.snapshot.load().watch_paths);
+        Some(FileWatch { reloader: self.clone(), watcher, watched, names, rx })
+    }
+}
+
+/// Files being watched, their events queued until [`FileWatch::spawn`].
+pub struct FileWatch {
+    reloader: Arc<Reloader>,
+    watcher: notify::RecommendedWatcher,
+    watched: Vec<PathBuf>,
+    names: Arc<std::sync::Mutex<Vec<std::ffi::OsString>>>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<PathBuf>,
+}
+
+impl FileWatch {
+    /// Reload when a watched file changes (debounced), forever.
+    pub fn spawn(self) {
+        let FileWatch { reloader: this, mut watcher, mut watched, names, mut rx } = self;
         tokio::spawn(async move {
             loop {
                 let files = this.gateway.snapshot.load().watch_paths.clone();
@@ -294,7 +312,7 @@ fn same_file_name(watched: &std::path::Path, event: &std::path::Path) -> bool {
 }
 
 fn same_listener(a: &ListenerSpec, b: &ListenerSpec) -> bool {
-    a.name == b.name && a.address == b.address && a.header_timeout == b.header_timeout && a.proxy_protocol == b.proxy_protocol && a.tls == b.tls
+    a.name == b.name && a.address == b.address && a.limits == b.limits && a.proxy_protocol == b.proxy_protocol && a.tls == b.tls
 }
 
 /// Run the new chain's router on a synthetic request: a chain whose router
@@ -302,7 +320,7 @@ fn same_listener(a: &ListenerSpec, b: &ListenerSpec) -> bool {
 async fn smoke(snap: &Snapshot) -> Result<(), String> {
     let link = &snap.router;
     let p = &link.policy;
-    let state = PolicyState::new(p.name.clone(), "reload-smoke".into(), p.settings.clone(), None, snap.runtime.memory_cap(), snap.services.clone());
+    let state = p.state("reload-smoke".into(), None, snap.services.clone());
     let head = types::RequestHead {
         id: "reload-smoke".into(),
         method: "GET".into(),

@@ -78,6 +78,9 @@ pub async fn serve(source: &Source, reloadable: bool) -> Result<(), StartError> 
     tracing::info!(version = %snapshot.version, routes = snapshot.routes.len(), policies = snapshot.policies.len(), "chain loaded");
     let gateway = Arc::new(Gateway { snapshot: arc_swap::ArcSwap::from_pointee(snapshot), audit });
     let reloader = Reloader::new(gateway.clone(), reloadable.then(|| source.file.clone()));
+    // Watch before the listeners announce themselves: an edit made as soon
+    // as the gateway is up is queued, not missed.
+    let file_watch = reloader.watch_files();
     reloader.start_listeners().await.map_err(|e| anyhow::anyhow!("{}: {e}", source.file.display()))?;
     if let Some(admin) = admin {
         let address = admin.address.parse().map_err(|_| anyhow::anyhow!("{}: admin.address: expected ip:port, got {:?}", source.file.display(), admin.address))?;
@@ -85,7 +88,9 @@ pub async fn serve(source: &Source, reloadable: bool) -> Result<(), StartError> 
         println!("admin {bound}");
     }
     reloader.spawn_sighup();
-    reloader.spawn_watcher();
+    if let Some(w) = file_watch {
+        w.spawn();
+    }
     shutdown_signal().await;
     // Graceful: stop accepting, let requests in flight finish (a rolling
     // deploy loses none), then let their completion records reach the log.

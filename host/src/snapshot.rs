@@ -31,6 +31,19 @@ pub struct LoadedPolicy {
     pub module: PolicyModule,
     /// Flattened settings.
     pub settings: Settings,
+    /// Largest linear memory of one instance (`memory`, else `[runtime] policy_memory`).
+    pub memory_cap: usize,
+    /// Budget of one call (`deadline_ms`, else `[runtime] policy_deadline_ms`).
+    pub deadline: std::time::Duration,
+}
+
+impl LoadedPolicy {
+    /// State for one call of this policy, under its own limits.
+    pub fn state(&self, request_id: Arc<str>, overrides: Option<Settings>, services: Arc<crate::runtime::Services>) -> PolicyState {
+        let mut state = PolicyState::new(self.name.clone(), request_id, self.settings.clone(), overrides, self.memory_cap, services);
+        state.deadline = Some(self.deadline);
+        state
+    }
 }
 
 /// A policy as it runs on one route: the route's overrides and declared hooks.
@@ -52,9 +65,9 @@ impl Link {
         Link { policy, overrides, hooks, token_scope }
     }
 
-    /// Store data for one hook call of this link.
+    /// Store data for one hook call of this link, under the policy's own limits.
     pub fn state(&self, request_id: &str, snap: &Snapshot) -> crate::runtime::PolicyState {
-        let mut state = crate::runtime::PolicyState::new(self.policy.name.clone(), request_id.into(), self.policy.settings.clone(), self.overrides.clone(), snap.runtime.memory_cap(), snap.services.clone());
+        let mut state = self.policy.state(request_id.into(), self.overrides.clone(), snap.services.clone());
         state.token_scope_base = Some(self.token_scope);
         state
     }
@@ -92,8 +105,8 @@ pub struct ListenerSpec {
     pub name: String,
     /// Address.
     pub address: SocketAddr,
-    /// Header read timeout.
-    pub header_timeout: std::time::Duration,
+    /// Timeouts and limits of the listener's clients.
+    pub limits: crate::proxy::limits::Limits,
     /// Connections start with a PROXY protocol header.
     pub proxy_protocol: bool,
     /// TLS termination, when configured.
@@ -172,7 +185,16 @@ impl Snapshot {
                     let namespace = if *name == router_name { "route".to_string() } else { name.clone() };
                     policies.insert(
                         name.clone(),
-                        Arc::new(LoadedPolicy { name: name.as_str().into(), namespace, source: def.component.get_ref().clone(), module, settings: Arc::new(flat) }),
+                        Arc::new(LoadedPolicy {
+                            name: name.as_str().into(),
+                            namespace,
+                            source: def.component.get_ref().clone(),
+                            module,
+                            settings: Arc::new(flat),
+                            // Capped by the runtime's slot size, which a reload cannot change.
+                            memory_cap: def.memory.as_ref().map_or(runtime.memory_cap(), |m| (m.get_ref().0 as usize).min(runtime.memory_cap())),
+                            deadline: def.deadline_ms.as_ref().map_or(std::time::Duration::from_millis(config.runtime.policy_deadline_ms), |d| std::time::Duration::from_millis(*d.get_ref())),
+                        }),
                     );
                 }
                 Err(e) => errors.push(e),
@@ -329,7 +351,16 @@ fn listeners(source: &Source, config: &Config) -> Vec<ListenerSpec> {
             Some(ListenerSpec {
                 name: l.name.clone(),
                 address: l.address.get_ref().parse().ok()?,
-                header_timeout: std::time::Duration::from_millis(l.header_timeout_ms),
+                limits: crate::proxy::limits::Limits {
+                    header_timeout: std::time::Duration::from_millis(*l.header_timeout_ms.get_ref()),
+                    body_idle_timeout: std::time::Duration::from_millis(*l.body_idle_timeout_ms.get_ref()),
+                    write_timeout: std::time::Duration::from_millis(*l.write_timeout_ms.get_ref()),
+                    max_connections: *l.max_connections.get_ref(),
+                    max_requests_in_flight: *l.max_requests_in_flight.get_ref(),
+                    h2_max_concurrent_streams: *l.h2_max_concurrent_streams.get_ref(),
+                    h2_max_pending_accept_reset_streams: *l.h2_max_pending_accept_reset_streams.get_ref(),
+                    h2_max_local_error_reset_streams: *l.h2_max_local_error_reset_streams.get_ref(),
+                },
                 proxy_protocol: l.proxy_protocol,
                 tls: match &l.tls {
                     Some(tls) => Some(crate::tls::spec(source, tls)?),
@@ -355,7 +386,7 @@ fn load_component(source: &Source, runtime: &Runtime, name: &str, def: &config::
 }
 
 async fn check(runtime: &Runtime, services: &Arc<Services>, p: &LoadedPolicy, overrides: Option<Settings>) -> Result<Hooks, String> {
-    let state = || PolicyState::new(p.name.clone(), "check".into(), p.settings.clone(), overrides.clone(), runtime.memory_cap(), services.clone());
+    let state = || p.state("check".into(), overrides.clone(), services.clone());
     match hooks::check_config(runtime, &p.module, state()).await {
         Ok(Ok(())) => {}
         Ok(Err(reason)) => return Err(format!("check-config refused the settings: {reason}")),

@@ -106,3 +106,59 @@ async fn a_reply_short_circuits_but_response_hooks_still_run() {
     let r = &gw.audit_records()[0];
     assert_eq!(r["verdicts"], serde_json::json!([["router", "proceed"], ["stamp", "proceed"], ["teapot", "respond:418"], ["trapper", "skipped"]]));
 }
+
+/// `[policies.<name>] memory` and `deadline_ms` override `[runtime]` for that
+/// policy alone: the same component and work pass under the runtime's
+/// limits and fail closed, audited with the broken limit, under its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_policy_limits_override_the_runtime_are_reported_and_audited() {
+    const TOKEN: &str = "test-admin-token-limits-0123456789";
+    let up = Upstream::start("up").await;
+    let mut config = config_head();
+    config.push_str("[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n");
+    config.push_str("[runtime]\npolicy_deadline_ms = 2000\npolicy_memory = \"8MiB\"\n");
+    for (name, limits, work) in [
+        ("roomy", "", "kib = \"2048\""),
+        ("cramped", "memory = \"1MiB\"", "kib = \"2048\""),
+        ("patient", "", "ms = \"300\""),
+        ("hurried", "deadline_ms = 50", "ms = \"300\""),
+    ] {
+        config.push_str(&format!("[policies.{name}]\ncomponent = \"{TEST_POLICY}\"\n{limits}\n[policies.{name}.settings]\nmode = \"work\"\n{work}\n"));
+    }
+    config.push_str(&format!("[[pools]]\nname = \"up\"\ntargets = [\"{}\"]\n", up.addr));
+    for name in ["roomy", "cramped", "patient", "hurried"] {
+        config.push_str(&format!("[[routes]]\nname = \"{name}\"\npath = \"/{name}\"\npools = [\"up\"]\nchain = [\"{name}\"]\n"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    let gw = Gateway::start_in(dir, &config);
+
+    for ok in ["/roomy", "/patient"] {
+        let a = get(&gw.url(ok), &[]).await;
+        assert_eq!(a.status, 200, "{ok}: {}", String::from_utf8_lossy(&a.body));
+        assert_eq!(a.header("x-worked"), Some("1"));
+    }
+    let p = assert_problem(&get(&gw.url("/cramped"), &[]).await, 500);
+    assert_eq!(p["type"], "urn:portcullis:problem:policy-memory-limit");
+    let p = assert_problem(&get(&gw.url("/hurried"), &[]).await, 500);
+    assert_eq!(p["type"], "urn:portcullis:problem:policy-deadline");
+    assert_eq!(up.requests.load(std::sync::atomic::Ordering::SeqCst), 2, "refused requests never reach the upstream");
+
+    // Reported by the admin API.
+    let listed = gw.admin("GET", "/admin/policies", Some(TOKEN)).await.json();
+    let by_name = |n: &str| listed["policies"].as_array().unwrap().iter().find(|p| p["name"] == n).cloned().unwrap();
+    assert_eq!((by_name("cramped")["memory"].clone(), by_name("cramped")["deadline_ms"].clone()), (serde_json::json!(1 << 20), serde_json::json!(2000)));
+    assert_eq!((by_name("hurried")["memory"].clone(), by_name("hurried")["deadline_ms"].clone()), (serde_json::json!(8 << 20), serde_json::json!(50)));
+    assert_eq!(by_name("roomy")["memory"], serde_json::json!(8 << 20));
+
+    // Audited: the failure class and the limit that was broken.
+    assert!(eventually(Duration::from_secs(5), || gw.audit_records().len() >= 4).await);
+    let records = gw.audit_records();
+    let cramped = records.iter().find(|r| r["route"] == "cramped").unwrap();
+    assert_eq!(cramped["verdicts"][1], serde_json::json!(["cramped", "failed:memory-limit"]));
+    assert_eq!(cramped["error"], "policy-memory-limit");
+    assert_eq!(cramped["policies"]["cramped"]["limit"], "memory 1048576 bytes");
+    let hurried = records.iter().find(|r| r["route"] == "hurried").unwrap();
+    assert_eq!(hurried["verdicts"][1], serde_json::json!(["hurried", "failed:deadline"]));
+    assert_eq!(hurried["policies"]["hurried"]["limit"], "deadline 50 ms");
+}

@@ -7,6 +7,8 @@ mod audit;
 mod check;
 mod clients;
 mod deploy;
+mod framing;
+mod greedy_clients;
 mod hostile;
 mod policy_cases;
 mod policy_new;

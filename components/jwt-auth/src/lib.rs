@@ -30,6 +30,8 @@ pub mod token;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod fuzz;
 
 use auth::Identity;
 use config::{Config, Mode, alg_name};

@@ -16,6 +16,8 @@ pub mod table;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod fuzz;
 
 /// The router policy.
 pub struct Router;

@@ -5,6 +5,9 @@
 //! * `grow`: allocates without end (the host's memory cap must end it; the
 //!   refused `memory.grow` makes the allocator trap).
 //! * `trap`: executes `unreachable`.
+//! * `work`: holds setting `kib` KiB of memory (default 0) and busy-waits
+//!   setting `ms` milliseconds of host time (default 0), then proceeds with
+//!   response header `x-worked: 1` (per-policy memory and deadline limits).
 //! * `remember`: keeps the request path in a global and proceeds with
 //!   response header `x-previous-path` = the path kept by an earlier call, or
 //!   `none`. Each call runs in a fresh instance, so it must always be `none`.
@@ -33,7 +36,7 @@ use portcullis_sdk::{
     problem, setting, trap,
 };
 
-const MODES: &str = "loop, grow, trap, remember, fail-check, header, respond, bad-fact, facts";
+const MODES: &str = "loop, grow, trap, remember, fail-check, header, respond, bad-fact, facts, work";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -46,6 +49,7 @@ enum Mode {
     Respond,
     BadFact,
     Facts,
+    Work,
 }
 
 impl Mode {
@@ -60,6 +64,7 @@ impl Mode {
             "respond" => Mode::Respond,
             "bad-fact" => Mode::BadFact,
             "facts" => Mode::Facts,
+            "work" => Mode::Work,
             _ => return None,
         })
     }
@@ -126,6 +131,16 @@ fn spin() -> ! {
     loop {
         n = core::hint::black_box(n).wrapping_add(1);
     }
+}
+
+/// The `work` step: hold `kib` KiB, spin until `ms` of host time passed.
+fn work(kib: u64, ms: u64) {
+    let hoard = core::hint::black_box(alloc::vec![1u8; (kib * 1024) as usize]);
+    let start = portcullis_sdk::now_ms();
+    while portcullis_sdk::now_ms().saturating_sub(start) < ms {
+        core::hint::black_box(&hoard);
+    }
+    drop(hoard);
 }
 
 fn grow() -> ! {
@@ -201,6 +216,11 @@ impl Policy for TestPolicy {
                 .respond()
             }
             Some(Mode::BadFact) => Edits::new().fact("route.name", "hijacked").proceed(),
+            Some(Mode::Work) => {
+                let number = |key: &str| setting(key).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                work(number("kib"), number("ms"));
+                Edits::new().response_header("x-worked", "1").proceed()
+            }
             Some(Mode::Facts) => {
                 let mut name = setting("namespace").unwrap_or_else(|| String::from("test"));
                 name.push_str(".seen");
@@ -237,7 +257,7 @@ mod tests {
         assert_eq!(Mode::parse("nope"), None);
         assert_eq!(
             mode_error(Some("nope")),
-            "setting \"mode\": expected one of loop, grow, trap, remember, fail-check, header, respond, bad-fact, facts, got \"nope\""
+            "setting \"mode\": expected one of loop, grow, trap, remember, fail-check, header, respond, bad-fact, facts, work, got \"nope\""
         );
         assert!(mode_error(None).starts_with("setting \"mode\": missing; expected one of loop,"));
     }

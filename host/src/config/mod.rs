@@ -288,7 +288,7 @@ pub struct Listener {
     pub address: Spanned<String>,
     /// Milliseconds a client may take to send a request head (and a keep-alive connection may sit idle).
     #[serde(default = "default_header_timeout")]
-    pub header_timeout_ms: u64,
+    pub header_timeout_ms: Spanned<u64>,
     /// Every connection starts with a PROXY protocol header (v1 or v2, as
     /// Hetzner's load balancer sends it); the peer must be a trusted proxy.
     #[serde(default)]
@@ -296,10 +296,52 @@ pub struct Listener {
     /// Terminate TLS (see `crate::tls`); plain HTTP when absent.
     #[serde(default)]
     pub tls: Option<crate::tls::ListenerTls>,
+    /// Longest pause while a request body is being read (408 after it).
+    #[serde(default = "default_body_idle_timeout")]
+    pub body_idle_timeout_ms: Spanned<u64>,
+    /// Longest a write to a client may wait (one that stops reading its response); the connection is closed after it.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout_ms: Spanned<u64>,
+    /// Open connections on this listener; more are answered 503 and closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: Spanned<usize>,
+    /// Requests answered at once on this listener (until their response body ends); more get 503.
+    #[serde(default = "default_max_requests_in_flight")]
+    pub max_requests_in_flight: Spanned<usize>,
+    /// HTTP/2 streams one client may open at once.
+    #[serde(default = "default_h2_max_concurrent_streams")]
+    pub h2_max_concurrent_streams: Spanned<u32>,
+    /// HTTP/2 streams a client may reset before they are accepted (rapid reset, CVE-2023-44487); GOAWAY past it.
+    #[serde(default = "default_h2_max_pending_accept_reset_streams")]
+    pub h2_max_pending_accept_reset_streams: Spanned<usize>,
+    /// HTTP/2 streams the gateway may reset for a client's protocol errors on one connection; GOAWAY past it.
+    #[serde(default = "default_h2_max_local_error_reset_streams")]
+    pub h2_max_local_error_reset_streams: Spanned<usize>,
 }
 
-fn default_header_timeout() -> u64 {
-    30_000
+fn default_header_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 30_000)
+}
+fn default_body_idle_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 30_000)
+}
+fn default_write_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 30_000)
+}
+fn default_max_connections() -> Spanned<usize> {
+    Spanned::new(0..0, 10_000)
+}
+fn default_max_requests_in_flight() -> Spanned<usize> {
+    Spanned::new(0..0, 4_096)
+}
+fn default_h2_max_concurrent_streams() -> Spanned<u32> {
+    Spanned::new(0..0, 100)
+}
+fn default_h2_max_pending_accept_reset_streams() -> Spanned<usize> {
+    Spanned::new(0..0, 20)
+}
+fn default_h2_max_local_error_reset_streams() -> Spanned<usize> {
+    Spanned::new(0..0, 1_024)
 }
 
 /// How a pool picks a target.
@@ -456,6 +498,12 @@ pub struct PolicyDef {
     /// The policy's settings, readable through `host.setting`.
     #[serde(default)]
     pub settings: toml::Table,
+    /// Largest linear memory of one instance of this policy (`[runtime] policy_memory` when absent; at most that).
+    #[serde(default)]
+    pub memory: Option<Spanned<ByteSize>>,
+    /// Wall-clock budget of one call of this policy (`[runtime] policy_deadline_ms` when absent).
+    #[serde(default)]
+    pub deadline_ms: Option<Spanned<u64>>,
 }
 
 /// How a route's path is compared.

@@ -8,6 +8,9 @@ use std::net::SocketAddr;
 /// Names a policy may not take: their fact namespaces belong to the host and router.
 const RESERVED_POLICY_NAMES: &[&str] = &["route", "gateway", "body"];
 
+/// Longest per-policy deadline: a policy call holds a request and an instance slot.
+const MAX_POLICY_DEADLINE_MS: u64 = 60_000;
+
 /// Validate references and values of a parsed configuration.
 pub fn validate(source: &Source, config: &Config) -> Result<(), ConfigErrors> {
     let mut errors: Vec<ConfigError> = Vec::new();
@@ -25,6 +28,27 @@ pub fn validate(source: &Source, config: &Config) -> Result<(), ConfigErrors> {
         }
         if let Some(tls) = &l.tls {
             errors.extend(crate::tls::check(source, i, tls, &l.address));
+        }
+        let mut positive: [(&str, u64, std::ops::Range<usize>); 8] = [
+            ("header_timeout_ms", *l.header_timeout_ms.get_ref(), l.header_timeout_ms.span()),
+            ("body_idle_timeout_ms", *l.body_idle_timeout_ms.get_ref(), l.body_idle_timeout_ms.span()),
+            ("write_timeout_ms", *l.write_timeout_ms.get_ref(), l.write_timeout_ms.span()),
+            ("max_connections", *l.max_connections.get_ref() as u64, l.max_connections.span()),
+            ("max_requests_in_flight", *l.max_requests_in_flight.get_ref() as u64, l.max_requests_in_flight.span()),
+            ("h2_max_concurrent_streams", u64::from(*l.h2_max_concurrent_streams.get_ref()), l.h2_max_concurrent_streams.span()),
+            ("h2_max_pending_accept_reset_streams", *l.h2_max_pending_accept_reset_streams.get_ref() as u64, l.h2_max_pending_accept_reset_streams.span()),
+            ("h2_max_local_error_reset_streams", *l.h2_max_local_error_reset_streams.get_ref() as u64, l.h2_max_local_error_reset_streams.span()),
+        ];
+        positive.sort_by_key(|(_, _, span)| span.start); // file order
+        for (key, value, span) in positive {
+            let at = toml::Spanned::new(span, ());
+            if value == 0 {
+                errors.push(source.error_at(&at, format!("listeners[{i}].{key}"), "must be positive (0 would refuse everything or never time out)"));
+            }
+            // Tokio's semaphores hold at most usize::MAX >> 3 places; far above any real limit.
+            if key.starts_with("max_") && value > 1 << 24 {
+                errors.push(source.error_at(&at, format!("listeners[{i}].{key}"), format!("{value} is above the largest supported ({})", 1 << 24)));
+            }
         }
     }
 
@@ -81,6 +105,19 @@ pub fn validate(source: &Source, config: &Config) -> Result<(), ConfigErrors> {
         }
         if !valid_name(name) {
             errors.push(source.error_at(&def.component, format!("policies.{name}"), "a policy name is letters, digits, '-' and '_'"));
+        }
+        if let Some(m) = &def.memory {
+            let (bytes, ceiling) = (m.get_ref().0, config.runtime.policy_memory.0);
+            if bytes < 64 * 1024 {
+                errors.push(source.error_at(m, format!("policies.{name}.memory"), format!("{bytes} bytes is less than one WebAssembly page (64KiB)")));
+            } else if bytes > ceiling {
+                errors.push(source.error_at(m, format!("policies.{name}.memory"), format!("{bytes} bytes is above [runtime] policy_memory ({ceiling} bytes), the size of every instance slot; raise that instead")));
+            }
+        }
+        if let Some(d) = &def.deadline_ms
+            && !(1..=MAX_POLICY_DEADLINE_MS).contains(d.get_ref())
+        {
+            errors.push(source.error_at(d, format!("policies.{name}.deadline_ms"), format!("expected 1..={MAX_POLICY_DEADLINE_MS} milliseconds, got {}", d.get_ref())));
         }
         if def.component.get_ref().trim().is_empty() {
             errors.push(source.error_at(&def.component, format!("policies.{name}.component"), "empty component path"));

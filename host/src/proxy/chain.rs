@@ -124,6 +124,9 @@ async fn step(snap: &Snapshot, route: Option<&RouteEntry>, which: LinkRef, run: 
         Ok(v) => v,
         Err(failure) => {
             run.verdicts.push((policy.name.to_string(), format!("failed:{}", failure.class)));
+            if let Some(limit) = broken_limit(policy, &failure) {
+                run.add_audit(&policy.name, vec![("limit".into(), limit)]);
+            }
             return Err(failure.into());
         }
     };
@@ -151,6 +154,15 @@ async fn step(snap: &Snapshot, route: Option<&RouteEntry>, which: LinkRef, run: 
                 Err(contract(link, why).into())
             }
         },
+    }
+}
+
+/// Which of its own limits a policy broke, for the audit record (the host writes it; the policy cannot).
+pub fn broken_limit(policy: &crate::snapshot::LoadedPolicy, failure: &PolicyFailure) -> Option<String> {
+    match failure.class {
+        crate::runtime::FailureClass::MemoryLimit => Some(format!("memory {} bytes", policy.memory_cap)),
+        crate::runtime::FailureClass::Deadline => Some(format!("deadline {} ms", policy.deadline.as_millis())),
+        _ => None,
     }
 }
 

@@ -126,7 +126,10 @@ async fn send(pool: &Pool, lease: &Lease, method: Method, path_and_query: &str, 
             Err((GatewayError::UpstreamConnect { target, detail: source_chain(&e) }, true))
         }
         Ok(Err(e)) => {
-            pool.report(&lease.target, false);
+            // A client that sends a broken body must not get a healthy target ejected.
+            if !crate::body::sender_at_fault(&e) {
+                pool.report(&lease.target, false);
+            }
             Err((GatewayError::UpstreamProtocol { target, detail: source_chain(&e) }, false))
         }
         Ok(Ok(response)) => {

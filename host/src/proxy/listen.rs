@@ -7,7 +7,7 @@ use super::Gateway;
 use crate::snapshot::ListenerSpec;
 use crate::tls::CertStore;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,6 +79,8 @@ pub struct ConnInfo {
     pub listener: Arc<str>,
     /// The connection is TLS (terminated here): the request's scheme is `https`.
     pub tls: bool,
+    /// The listener's limits on what clients hold.
+    pub gates: Arc<super::limits::Gates>,
 }
 
 /// Bind every listener; fails before serving anything if one cannot bind
@@ -117,9 +119,9 @@ pub async fn serve(gateway: Arc<Gateway>, spec: ListenerSpec, listener: TcpListe
         None => (None, None),
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(spec.header_timeout).keep_alive(true).max_buf_size(gateway.max_head_buf());
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(gateway.max_head_buf() as u32);
+    super::limits::configure(&mut builder, &spec.limits, gateway.max_head_buf());
     let builder = Arc::new(builder);
+    let gates = Arc::new(super::limits::Gates::new(&spec.limits));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
@@ -135,14 +137,20 @@ pub async fn serve(gateway: Arc<Gateway>, spec: ListenerSpec, listener: TcpListe
                 continue;
             }
         };
+        let Some(connection_place) = gates.connection() else {
+            tracing::warn!(listener = %name, %peer, "max_connections reached: connection answered 503");
+            tokio::spawn(super::limits::refuse_connection(stream));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let (gates, limits) = (gates.clone(), spec.limits.clone());
         let gateway = gateway.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let name = name.clone();
         let proxy_protocol = spec.proxy_protocol;
         let acceptor = acceptor.clone();
-        let handshake_timeout = spec.header_timeout;
+        let handshake_timeout = spec.limits.header_timeout;
         tokio::spawn(async move {
             let mut stream = stream;
             let mut peer = peer;
@@ -165,12 +173,15 @@ pub async fn serve(gateway: Arc<Gateway>, spec: ListenerSpec, listener: TcpListe
                     }
                 }
             }
-            let info = ConnInfo { peer, listener: name.clone(), tls: acceptor.is_some() };
+            let _connection_place = connection_place;
+            let info = ConnInfo { peer, listener: name.clone(), tls: acceptor.is_some(), gates };
             let service = service_fn(move |req| {
                 let gateway = gateway.clone();
                 let info = info.clone();
                 async move { Ok::<_, std::convert::Infallible>(super::handle(gateway, info, req).await) }
             });
+            // Write and first-bytes deadlines under the TLS layer too, so a stalled handshake is cut.
+            let stream = super::limits::TimedIo::new(stream, &limits);
             let served = match acceptor {
                 None => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await,
                 Some(acceptor) => {

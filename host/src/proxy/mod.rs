@@ -9,6 +9,8 @@
 pub mod chain;
 pub mod digest;
 pub mod forward;
+pub mod framing;
+pub mod limits;
 pub mod listen;
 pub mod respond;
 pub mod route;
@@ -50,12 +52,18 @@ const X_REQUEST_ID: &str = "x-request-id";
 /// Handle one request through every stage. Never fails: errors become answers.
 pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
     let in_flight = crate::metrics::InFlight::start();
-    let response = handle_request(gw, conn, req).await;
+    let place = conn.gates.request();
+    let admitted = place.is_some();
+    let response = handle_request(gw, conn, req, admitted).await;
     in_flight.hand_over(); // `complete` counts it out when the body has ended
-    response
+    match place {
+        // The request stays in flight until its response body has ended.
+        Some(place) => response.map(|body| limits::Holding::new(body, place).boxed()),
+        None => response,
+    }
 }
 
-async fn handle_request(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle_request(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>, admitted: bool) -> Response<ProxyBody> {
     let snap = gw.snapshot.load_full();
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
@@ -81,11 +89,28 @@ async fn handle_request(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>
     };
 
     // Listen-side checks, before any policy runs.
+    if !admitted {
+        let err = GatewayError::Overloaded(format!("listener {} has max_requests_in_flight requests in flight", conn.listener));
+        let run = ChainRun::new(empty_head(&request_id), Default::default());
+        let mut response = respond_gateway(&gw, &snap, run, None, record, err, started).await;
+        response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
     let head_size = head_size(&parts);
     if head_size > snap.max_request_head {
         let err = GatewayError::HeadTooLarge { size: head_size, limit: snap.max_request_head };
         let run = ChainRun::new(empty_head(&request_id), Default::default());
         return respond_gateway(&gw, &snap, run, None, record, err, started).await;
+    }
+    if let Err(err) = framing::check(&parts) {
+        let run = ChainRun::new(empty_head(&request_id), Default::default());
+        let http1 = parts.version <= http::Version::HTTP_11;
+        let mut response = respond_gateway(&gw, &snap, run, None, record, err, started).await;
+        if http1 {
+            // Whatever follows an ambiguous request on this connection is not read as a request.
+            response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return response;
     }
 
     // Upgrades (WebSocket) are kept aside; whether they pass depends on the route.
@@ -111,7 +136,8 @@ async fn handle_request(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>
         facts: Vec::new(),
     };
     let mut run = ChainRun::new(head, std::mem::take(&mut parts.headers));
-    let mut body: ProxyBody = body.map_err(|e: hyper::Error| -> crate::body::BoxError { Box::new(e) }).boxed();
+    let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut body: ProxyBody = limits::IdleBody::new(body, conn.gates.body_idle_timeout, stalled.clone()).boxed();
 
     // Chain stage.
     let (end, route_name) = chain::run(&snap, &mut run, &mut body).await;
@@ -160,7 +186,15 @@ async fn handle_request(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>
                     (response, "upstream".to_string(), Some(up.lease), Some(stats))
                 }
                 Err(err) => {
-                    let err = if stats.over_limit.load(Ordering::Relaxed) { GatewayError::BodyTooLarge { limit: route.body_limit } } else { err };
+                    let err = if stats.over_limit.load(Ordering::Relaxed) {
+                        GatewayError::BodyTooLarge { limit: route.body_limit }
+                    } else if stalled.load(Ordering::Relaxed) {
+                        GatewayError::BodyTimeout { timeout_ms: conn.gates.body_idle_timeout.as_millis() as u64 }
+                    } else if stats.source_failed.load(Ordering::Relaxed) {
+                        GatewayError::ClientBody(err.to_string())
+                    } else {
+                        err
+                    };
                     let mut record = record;
                     record.bytes_in = stats.bytes.load(Ordering::Relaxed);
                     return respond_gateway(&gw, &snap, run, route_ref, record, err, started).await;
@@ -219,6 +253,11 @@ async fn finish(
         if let Err(err) = result {
             // Fail closed: the upstream's answer is not released.
             tracing::warn!(request_id = %record.id, "{err}");
+            if let GatewayError::Policy(failure) = &err
+                && let Some(limit) = chain::broken_limit(&link.policy, failure)
+            {
+                run.add_audit(&link.policy.name, vec![("limit".into(), limit)]);
+            }
             run.verdicts.push((link.policy.name.to_string(), format!("failed:{}", slug_class(&err))));
             record.error = Some(err.slug());
             response = respond::problem(&err, &record.id);

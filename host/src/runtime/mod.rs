@@ -189,10 +189,19 @@ impl Runtime {
         Ok(PolicyModule { digest, fingerprint, pre: instance_pre, exports, is_async: imports_io })
     }
 
+    /// The deadline of a call with `state`: the policy's own, else the runtime's.
+    fn deadline_of(&self, state: &PolicyState) -> (Duration, u64) {
+        match state.deadline {
+            Some(d) => (d, (d.as_millis() as u64 / EPOCH_TICK.as_millis() as u64).max(1)),
+            None => (self.deadline, self.deadline_ticks),
+        }
+    }
+
     fn store(&self, state: PolicyState) -> Store<PolicyState> {
+        let (_, ticks) = self.deadline_of(&state);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);
-        store.set_epoch_deadline(self.deadline_ticks);
+        store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
         store
     }
@@ -209,6 +218,8 @@ impl Runtime {
         let policy = state.policy.to_string();
         let mut state = state;
         state.component = module.fingerprint;
+        let (deadline, _) = self.deadline_of(&state);
+        let memory_cap = state.memory.cap;
         let mut store = self.store(state);
         let index = module.exports.get(export);
         let result = if module.is_async {
@@ -219,7 +230,7 @@ impl Runtime {
                 let typed = unsafe { TypedFunc::<P, R>::new_unchecked(func) };
                 typed.call_async(&mut store, params).await
             };
-            tokio::time::timeout(self.deadline, run).await
+            tokio::time::timeout(deadline, run).await
         } else {
             let run = || {
                 let instance = module.pre.instantiate(&mut store)?;
@@ -232,19 +243,20 @@ impl Runtime {
         };
         let failure = |class: FailureClass, detail: String| PolicyFailure { policy: policy.clone(), class, detail };
         let result = match result {
-            Err(_) => Err(failure(FailureClass::Deadline, format!("no answer within {:?}", self.deadline))),
+            Err(_) => Err(failure(FailureClass::Deadline, format!("no answer within {deadline:?}"))),
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
-                let class = if store.data().memory.refused {
-                    FailureClass::MemoryLimit
+                // The limit a policy broke is named in the detail (audited), never its data.
+                let (class, detail) = if store.data().memory.refused {
+                    (FailureClass::MemoryLimit, format!("memory limit of {memory_cap} bytes: {e:#}"))
                 } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                    FailureClass::Deadline
+                    (FailureClass::Deadline, format!("deadline of {deadline:?}: {e:#}"))
                 } else if is_capacity(&e) {
-                    FailureClass::Capacity
+                    (FailureClass::Capacity, format!("{e:#}"))
                 } else {
-                    FailureClass::Trap
+                    (FailureClass::Trap, format!("{e:#}"))
                 };
-                Err(failure(class, format!("{e:#}")))
+                Err(failure(class, detail))
             }
         };
         let audit = std::mem::take(&mut store.data_mut().audit);

@@ -45,6 +45,8 @@ pub struct PolicyState {
     pub token_scope_base: Option<ScopeBase>,
     /// Canned host answers (`policy test` only; `None` in the gateway).
     pub mocks: Option<std::sync::Arc<HostMocks>>,
+    /// This policy's own call deadline; the runtime's when `None`.
+    pub deadline: Option<std::time::Duration>,
 }
 
 impl PolicyState {
@@ -64,6 +66,7 @@ impl PolicyState {
             token_scope: None,
             token_scope_base: None,
             mocks: None,
+            deadline: None,
         }
     }
 
@@ -90,7 +93,8 @@ impl PolicyState {
 /// Per-instance memory cap. The pooling allocator bounds every memory too;
 /// this one tells a memory failure apart from any other trap.
 pub struct MemoryCap {
-    cap: usize,
+    /// Largest linear memory, bytes.
+    pub cap: usize,
     /// Set when a `memory.grow` past the cap was refused.
     pub refused: bool,
 }
