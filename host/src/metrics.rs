@@ -20,6 +20,7 @@
 //! | `portcullis_rate_limit_keys` | gauge | `limit` | keys held by each limit's local store, read at scrape time |
 //! | `portcullis_token_cache_lookups_total` | counter | `policy`, `result` (`hit`, `miss`) | each `host.verified-token-cached` of a policy with a cache (`crate::token_cache`) |
 //! | `portcullis_token_cache_entries` | gauge | `policy` | entries in each policy's verified-token cache |
+//! | `portcullis_connections_refused_total` | counter | `listener`, `reason` (`max-connections`) | connections refused before any request was read (no request, so no audit record) |
 //!
 //! The audit log's own counters (`portcullis_audit_*`: records written,
 //! fsynced, dropped) are appended by the admin listener from `crate::audit`.
@@ -57,6 +58,8 @@ pub struct Metrics {
     upstream_in_flight: IntGaugeVec,
     /// `portcullis_upstream_retries_total{pool,outcome}`.
     pub upstream_retries: IntCounterVec,
+    /// `portcullis_connections_refused_total{listener,reason}`.
+    pub connections_refused: IntCounterVec,
     reloads: IntCounterVec,
     chain_info: IntGaugeVec,
     /// `portcullis_rate_limit_decisions_total{limit,source,outcome}`.
@@ -106,6 +109,11 @@ impl Metrics {
         let token_cache_entries = IntGaugeVec::new(Opts::new("portcullis_token_cache_entries", "Entries in each policy's verified-token cache."), &["policy"]).expect("valid metric");
         registry.register(Box::new(token_cache_entries.clone())).expect("registered once");
         Metrics {
+            connections_refused: counter(
+                "portcullis_connections_refused_total",
+                "Connections a listener refused before reading a request (reason max-connections: answered a fixed 503 and closed).",
+                &["listener", "reason"],
+            ),
             rate_limit_decisions: counter("portcullis_rate_limit_decisions_total", "Rate acquisitions by limit, source (local, shared, local-fallback) and outcome (allowed, limited, unavailable).", &["limit", "source", "outcome"]),
             rate_limit_redis_errors,
             rate_limit_redis_up: gauge("portcullis_rate_limit_redis_up", "1 when the last shared-limit call reached Redis, else 0.", &[]),

@@ -150,7 +150,7 @@ async fn a_client_that_never_reads_is_cut_off_and_memory_stays_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_max_connections_get_503() {
     let up = Upstream::start("app").await;
-    let gw = gateway_with(&up, "max_connections = 4");
+    let gw = gateway_with(&up, "max_connections = 4\n[admin]\naddress = \"127.0.0.1:0\"");
     let mut idle = Vec::new();
     for _ in 0..4 {
         let s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -168,6 +168,10 @@ async fn connections_past_max_connections_get_503() {
     }
     let head = refused.expect("a fifth connection is refused");
     assert!(head.contains("application/problem+json") && head.contains("connection: close"), "{head}");
+    // No request was read, so no audit record: the refusal is counted instead.
+    let metrics = gw.admin("GET", "/metrics", None).await;
+    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    assert!(text.lines().any(|l| l.starts_with("portcullis_connections_refused_total{listener=\"public\",reason=\"max-connections\"}") && !l.ends_with(" 0")), "{text}");
     drop(idle);
     let mut served = false;
     for _ in 0..100 {

@@ -121,6 +121,10 @@ async fn hmac_signed_webhooks_pass_and_everything_else_is_refused_before_the_ser
     let mut outcomes: Vec<String> = records.iter().map(|r| r["policies"]["webhook"]["outcome"].as_str().unwrap_or("").to_string()).collect();
     outcomes.sort();
     assert_eq!(outcomes, ["malformed", "mismatch", "missing", "ok"], "{records:?}");
+    // The refused webhooks were received whole by the digest stage: counted in.
+    for r in &records {
+        assert_eq!(r["bytes_in"], body.len() as u64, "{r}");
+    }
     let text = serde_json::to_string(&records).unwrap();
     assert!(!text.contains(&sign(body)[7..]), "the signature is not in the audit log");
 }

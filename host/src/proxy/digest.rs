@@ -104,6 +104,15 @@ impl BodyHmac {
     }
 }
 
+/// Bytes the digest stage read, as body statistics, for the audit record of
+/// a request a policy answered after it (a refused webhook was still received).
+pub fn bytes_read(facts: &[(String, String)]) -> Option<std::sync::Arc<crate::body::BodyStats>> {
+    let size = facts.iter().rev().find(|(k, _)| k == SIZE_FACT)?.1.parse::<u64>().ok()?;
+    let stats = crate::body::BodyStats::default();
+    stats.bytes.store(size, std::sync::atomic::Ordering::Relaxed);
+    Some(std::sync::Arc::new(stats))
+}
+
 /// The whole body, or `Err(None)` past `limit` bytes, `Err(Some(_))` on a read error.
 async fn read_bounded(mut body: ProxyBody, limit: u64) -> Result<Bytes, Option<crate::body::BoxError>> {
     let mut buf = BytesMut::new();

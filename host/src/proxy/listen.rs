@@ -139,6 +139,7 @@ pub async fn serve(gateway: Arc<Gateway>, spec: ListenerSpec, listener: TcpListe
         };
         let Some(connection_place) = gates.connection() else {
             tracing::warn!(listener = %name, %peer, "max_connections reached: connection answered 503");
+            crate::metrics::global().connections_refused.with_label_values(&[&*name, "max-connections"]).inc();
             tokio::spawn(super::limits::refuse_connection(stream));
             continue;
         };

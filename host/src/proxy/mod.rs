@@ -146,7 +146,7 @@ async fn handle_request(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>
     let route_ref = route.map(|r| r.name.clone());
 
     let (response, source, lease, bytes_in) = match end {
-        ChainEnd::Respond { policy, response } => (response, format!("policy:{policy}"), None, None),
+        ChainEnd::Respond { policy, response } => (response, format!("policy:{policy}"), None, digest::bytes_read(&run.head.facts)),
         ChainEnd::Failed(err) => return respond_gateway(&gw, &snap, run, route_ref, record, err, started).await,
         ChainEnd::Proceed => {
             let route = route.expect("a chain proceeds only with a route");
