@@ -162,3 +162,22 @@ async fn per_policy_limits_override_the_runtime_are_reported_and_audited() {
     assert_eq!(hurried["verdicts"][1], serde_json::json!(["hurried", "failed:deadline"]));
     assert_eq!(hurried["policies"]["hurried"]["limit"], "deadline 50 ms");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_complete_that_overruns_its_policys_deadline_is_audited_with_the_limit() {
+    let up = Upstream::start("up").await;
+    let mut config = config_head();
+    config.push_str(&format!(
+        "[policies.slow-complete]\ncomponent = \"{TEST_POLICY}\"\ndeadline_ms = 50\n[policies.slow-complete.settings]\nmode = \"header\"\nname = \"x-a\"\nvalue = \"1\"\ncomplete-ms = \"400\"\n\
+         [[pools]]\nname = \"up\"\ntargets = [\"{}\"]\n[[routes]]\nname = \"done\"\npath = \"/\"\npools = [\"up\"]\nchain = [\"slow-complete\"]\n",
+        up.addr
+    ));
+    let gw = Gateway::start(&config);
+    // The answer was sent before on-complete ran: the client gets it.
+    let a = get(&gw.url("/x"), &[]).await;
+    assert_eq!(a.status, 200);
+    assert!(eventually(Duration::from_secs(10), || !gw.audit_records().is_empty()).await);
+    let r = gw.audit_records().remove(0);
+    assert_eq!(r["policies"]["slow-complete"]["on-complete"], "failed:deadline", "{r}");
+    assert_eq!(r["policies"]["slow-complete"]["limit"], "deadline 50 ms", "{r}");
+}

@@ -23,7 +23,10 @@
 //!   as `k=v` joined by `;`.
 //!
 //! In every mode, when setting `response-header` is present, `hooks`
-//! declares `on-response`, which sets that header to `1` on the response.
+//! declares `on-response`, which sets that header to `1` on the response;
+//! when setting `complete-ms` is present, `hooks` declares `on-complete`,
+//! which busy-waits that many milliseconds (a deadline broken after the
+//! answer was sent).
 #![no_std]
 
 extern crate alloc;
@@ -32,7 +35,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::Cell;
 use portcullis_sdk::{
-    Edits, Hooks, Policy, RequestHead, ResponseEdits, ResponseHead, Verdict, export_policy, json,
+    Completion, Edits, Hooks, Policy, RequestHead, ResponseEdits, ResponseHead, Verdict, export_policy, json,
     problem, setting, trap,
 };
 
@@ -156,11 +159,14 @@ pub struct TestPolicy;
 
 impl Policy for TestPolicy {
     fn hooks() -> Hooks {
+        let mut hooks = Hooks::empty();
         if setting("response-header").is_some() {
-            Hooks::ON_RESPONSE
-        } else {
-            Hooks::empty()
+            hooks = hooks | Hooks::ON_RESPONSE;
         }
+        if setting("complete-ms").is_some() {
+            hooks = hooks | Hooks::ON_COMPLETE;
+        }
+        hooks
     }
 
     fn check_config() -> Result<(), String> {
@@ -230,6 +236,11 @@ impl Policy for TestPolicy {
                     .proceed()
             }
         }
+    }
+
+    fn on_complete(_req: RequestHead, _done: Completion) {
+        let ms = setting("complete-ms").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        work(0, ms);
     }
 
     fn on_response(_req: RequestHead, _resp: ResponseHead) -> ResponseEdits {

@@ -350,7 +350,11 @@ async fn complete(gw: &Gateway, snap: &Arc<Snapshot>, mut run: ChainRun, route_n
         run.add_audit(&link.policy.name, audit);
         if let Err(f) = result {
             tracing::warn!(request_id = %record.id, "{f}");
-            run.add_audit(&link.policy.name, vec![("on-complete".into(), format!("failed:{}", f.class))]);
+            let mut fields = vec![("on-complete".to_string(), format!("failed:{}", f.class))];
+            if let Some(limit) = chain::broken_limit(&link.policy, &f) {
+                fields.push(("limit".into(), limit));
+            }
+            run.add_audit(&link.policy.name, fields);
         }
     }
     let metrics = crate::metrics::global();
