@@ -421,7 +421,7 @@ async fn run_file(file: &Path, runtime: &Arc<Runtime>, services: &Arc<Services>)
         };
         let (verdict, mut audit) = hooks::on_request(runtime, ut.module.get(), state_for(&mocks), &head).await;
         let mut diffs = match &verdict {
-            Ok(v) => compare(&case.expect, v, &[]),
+            Ok(v) => compare(&case.expect, v),
             Err(f) => vec![format!("the policy failed ({}): {}", f.class, f.detail)],
         };
         // Later hooks see the head as the chain left it: this policy's facts added.
@@ -504,7 +504,8 @@ fn check_map(diffs: &mut Vec<String>, what: &str, expected: &BTreeMap<String, St
     }
 }
 
-fn compare(expect: &Expect, verdict: &types::Verdict, audit: &[(String, String)]) -> Vec<String> {
+/// The on-request verdict against `expect` (audit fields are checked after every hook ran).
+fn compare(expect: &Expect, verdict: &types::Verdict) -> Vec<String> {
     let mut diffs = Vec::new();
     let kind = match verdict {
         types::Verdict::Proceed(_) => "proceed",
@@ -544,7 +545,6 @@ fn compare(expect: &Expect, verdict: &types::Verdict, audit: &[(String, String)]
             }
         }
     }
-    let _ = audit;
     diffs
 }
 

@@ -17,7 +17,7 @@ const ACCESS: &str = "portcullis-test";
 const SECRET: &str = "s3cr3t-key-for-tests";
 
 /// Write the signing key (PKCS#8 PEM, as `openssl genpkey -algorithm ed25519` does) into `dir`.
-fn write_key(dir: &Path) -> SigningKey {
+pub fn write_key(dir: &Path) -> SigningKey {
     let key = SigningKey::from_bytes(&[17; 32]);
     std::fs::write(dir.join("audit.key"), key.to_pkcs8_pem(Default::default()).unwrap().as_bytes()).unwrap();
     let public = ed25519_dalek::pkcs8::EncodePublicKey::to_public_key_pem(&key.verifying_key(), Default::default()).unwrap();
@@ -25,7 +25,9 @@ fn write_key(dir: &Path) -> SigningKey {
     key
 }
 
-fn config(upstream: SocketAddr, audit_extra: &str) -> String {
+/// A gateway with a signed `[audit]` evidence log, an admin listener, and
+/// routes `/durable` (durable records) and `/async`.
+pub fn config(upstream: SocketAddr, audit_extra: &str) -> String {
     format!(
         r#"
 [gateway]

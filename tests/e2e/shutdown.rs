@@ -41,52 +41,12 @@ async fn sigterm_finishes_requests_in_flight_then_exits_zero() {
     assert!(started.elapsed() < Duration::from_secs(8));
 }
 
-/// The evidence-log config of a node under a rolling deploy: `/slow`
-/// proxied, an `[audit]` log signed with a test key, an admin listener.
+/// The evidence-log config of the audit tests (`crate::audit::config`) as
+/// a node under a rolling deploy has it: a long grace period and `/slow`
+/// proxied too.
 fn evidence_config(upstream: std::net::SocketAddr) -> String {
-    format!(
-        r#"
-[gateway]
-shutdown_grace_ms = 20000
-
-[[listeners]]
-name = "public"
-address = "127.0.0.1:0"
-
-[admin]
-address = "127.0.0.1:0"
-
-[audit]
-dir = "audit"
-signing_key_file = "audit.key"
-segment_max_bytes = "16KiB"
-checkpoint_interval_ms = 200
-
-[policies.router]
-component = "builtin:router"
-
-[[pools]]
-name = "up"
-targets = ["{upstream}"]
-
-[[routes]]
-name = "slow"
-path = "/slow"
-pools = ["up"]
-
-[[routes]]
-name = "durable"
-path = "/durable"
-pools = ["up"]
-audit = "durable"
-"#
-    )
-}
-
-fn write_signing_key(dir: &std::path::Path) {
-    use ed25519_dalek::pkcs8::EncodePrivateKey;
-    let key = ed25519_dalek::SigningKey::from_bytes(&[23; 32]);
-    std::fs::write(dir.join("audit.key"), key.to_pkcs8_pem(Default::default()).unwrap().as_bytes()).unwrap();
+    let config = crate::audit::config(upstream, "").replace("shutdown_grace_ms = 2000\n", "shutdown_grace_ms = 20000\n");
+    format!("{config}\n[[routes]]\nname = \"slow\"\npath = \"/slow\"\npools = [\"up\"]\n")
 }
 
 /// A bounded load — 8 keep-alive clients × 40 requests, half on a durable
@@ -185,7 +145,7 @@ async fn sigterm_under_load(gw: &mut Gateway) {
 async fn sigterm_under_load_loses_no_request_and_the_audit_log_verifies() {
     let up = Upstream::start("up").await;
     let dir = tempfile::tempdir().unwrap();
-    write_signing_key(dir.path());
+    crate::audit::write_key(dir.path());
     let mut gw = Gateway::start_in(dir, &evidence_config(up.addr));
     sigterm_under_load(&mut gw).await;
     // The log verifies: chain, Merkle roots, the signed checkpoint sealing it at shutdown.
@@ -234,7 +194,7 @@ async fn readyz_is_503_with_the_reason_when_the_audit_log_is_not_writable() {
 
     // The evidence log: its directory gone.
     let dir = tempfile::tempdir().unwrap();
-    write_signing_key(dir.path());
+    crate::audit::write_key(dir.path());
     let gw = Gateway::start_in(dir, &evidence_config(up.addr));
     assert_eq!(gw.admin("GET", "/readyz", None).await.status, 200);
     std::fs::remove_dir_all(gw.dir().join("audit")).unwrap();

@@ -10,7 +10,6 @@ use crate::runtime::bindings::types::{self, Verdict};
 use crate::runtime::{FailureClass, PolicyFailure, hooks};
 use crate::snapshot::{Link, RouteEntry, Snapshot};
 use http::{HeaderMap, Response};
-use http_body_util::BodyExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -80,7 +79,7 @@ impl ChainRun {
 }
 
 /// Run the router, then the chosen route's chain.
-pub async fn run(snap: &Arc<Snapshot>, run: &mut ChainRun, body: &mut ProxyBody) -> (ChainEnd, Option<String>) {
+pub async fn run(snap: &Arc<Snapshot>, run: &mut ChainRun, body: &mut super::RequestBody) -> (ChainEnd, Option<String>) {
     match step(snap, None, LinkRef::Router, run).await {
         Ok(None) => {}
         Ok(Some(end)) => return (end, None),
@@ -96,9 +95,8 @@ pub async fn run(snap: &Arc<Snapshot>, run: &mut ChainRun, body: &mut ProxyBody)
     run.head.route = Some(name.clone());
     // Digest stage: the body's HMAC, before the policies that check it.
     if let Some(hmac) = &route.body_hmac {
-        let streaming = std::mem::replace(body, http_body_util::Empty::new().map_err(|never: std::convert::Infallible| -> crate::body::BoxError { match never {} }).boxed());
-        match hmac.attach(run, streaming).await {
-            Ok(buffered) => *body = buffered,
+        match hmac.attach(run, body).await {
+            Ok(()) => {}
             Err(e) => return (ChainEnd::Failed(e), Some(name)),
         }
     }

@@ -11,12 +11,12 @@
 //! routes trade streaming for verification, up to `max_bytes`.
 
 use super::chain::ChainRun;
-use crate::body::ProxyBody;
+use super::RequestBody;
 use crate::config::{self, ConfigError, Source};
 use crate::error::GatewayError;
 use hmac::{Hmac, KeyInit, Mac};
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use sha2::Sha256;
 use std::time::Duration;
 
@@ -79,9 +79,9 @@ impl BodyHmac {
         Ok(BodyHmac { key, max_bytes: spec.max_bytes.0.min(body_limit), timeout: Duration::from_millis(spec.timeout_ms), key_fingerprint })
     }
 
-    /// Read `body` whole (bounded), add the facts to `run`, and give back a
-    /// body that forwards the same bytes.
-    pub async fn attach(&self, run: &mut ChainRun, body: ProxyBody) -> Result<ProxyBody, GatewayError> {
+    /// Read `body` whole (bounded), add the facts to `run`, and leave in
+    /// `body` the same bytes, to be forwarded.
+    pub async fn attach(&self, run: &mut ChainRun, body: &mut RequestBody) -> Result<(), GatewayError> {
         let too_large = GatewayError::BodyTooLarge { limit: self.max_bytes };
         let declared = run.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_bytes) {
@@ -100,7 +100,8 @@ impl BodyHmac {
         run.head.facts.retain(|(k, _)| k != HMAC_FACT && k != SIZE_FACT);
         run.head.facts.push((HMAC_FACT.into(), digest));
         run.head.facts.push((SIZE_FACT.into(), bytes.len().to_string()));
-        Ok(Full::new(bytes).map_err(|never: std::convert::Infallible| -> crate::body::BoxError { match never {} }).boxed())
+        *body = Either::Right(Full::new(bytes));
+        Ok(())
     }
 }
 
@@ -114,7 +115,10 @@ pub fn bytes_read(facts: &[(String, String)]) -> Option<std::sync::Arc<crate::bo
 }
 
 /// The whole body, or `Err(None)` past `limit` bytes, `Err(Some(_))` on a read error.
-async fn read_bounded(mut body: ProxyBody, limit: u64) -> Result<Bytes, Option<crate::body::BoxError>> {
+async fn read_bounded(body: &mut RequestBody, limit: u64) -> Result<Bytes, Option<crate::body::BoxError>> {
+    // The body is taken (it is read whole or the request fails) and pinned
+    // here: the idle timer inside it is not `Unpin`.
+    let mut body = std::pin::pin!(std::mem::replace(body, Either::Right(Full::new(Bytes::new()))));
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame.map_err(Some)?.into_data() {

@@ -219,7 +219,8 @@ pin_project! {
         inner: B,
         timeout: Duration,
         waiting: bool,
-        deadline: Pin<Box<Sleep>>,
+        #[pin]
+        deadline: Sleep,
         stalled: Arc<AtomicBool>,
     }
 }
@@ -227,7 +228,7 @@ pin_project! {
 impl<B> IdleBody<B> {
     /// Wrap `inner`; `stalled` turns true when the timeout cut it.
     pub fn new(inner: B, timeout: Duration, stalled: Arc<AtomicBool>) -> Self {
-        IdleBody { inner, timeout, waiting: false, deadline: Box::pin(tokio::time::sleep(timeout)), stalled }
+        IdleBody { inner, timeout, waiting: false, deadline: tokio::time::sleep(timeout), stalled }
     }
 }
 
@@ -247,11 +248,12 @@ where
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
+                let mut deadline = this.deadline;
                 if !*this.waiting {
                     *this.waiting = true;
-                    this.deadline.as_mut().reset(Instant::now() + *this.timeout);
+                    deadline.as_mut().reset(Instant::now() + *this.timeout);
                 }
-                ready!(this.deadline.as_mut().poll(cx));
+                ready!(deadline.poll(cx));
                 this.stalled.store(true, Ordering::Relaxed);
                 Poll::Ready(Some(Err(Box::new(BodyIdle(*this.timeout)))))
             }

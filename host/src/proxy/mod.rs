@@ -25,12 +25,17 @@ use crate::snapshot::Snapshot;
 use chain::{ChainEnd, ChainRun, LinkRef};
 use http::header::{HOST, UPGRADE};
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use listen::ConnInfo;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
+
+/// A request body on its way through the stages: streaming from the client,
+/// or already read whole by the digest stage (routes with `body_hmac`). Not
+/// boxed: the one box per request is the forwarded body's.
+pub type RequestBody = Either<limits::IdleBody<Incoming>, Full<bytes::Bytes>>;
 
 /// The running gateway: the current chain snapshot and the audit sink.
 pub struct Gateway {
@@ -137,7 +142,7 @@ async fn handle_request(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>
     };
     let mut run = ChainRun::new(head, std::mem::take(&mut parts.headers));
     let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut body: ProxyBody = limits::IdleBody::new(body, conn.gates.body_idle_timeout, stalled.clone()).boxed();
+    let mut body: RequestBody = Either::Left(limits::IdleBody::new(body, conn.gates.body_idle_timeout, stalled.clone()));
 
     // Chain stage.
     let (end, route_name) = chain::run(&snap, &mut run, &mut body).await;
