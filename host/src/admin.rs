@@ -8,10 +8,12 @@
 //! | `GET /metrics` | no | Prometheus text: requests, policy verdicts, upstreams, reloads, chain version ([`crate::metrics`]); audit log counters |
 //! | `GET /admin/policies` | yes | loaded components: name, source, SHA-256, memory and deadline limits, load time, chain version |
 //! | `POST /admin/reload` | yes | 200 with the new version, or 422 with every reason |
+//! | `POST /audit/v1/records` | the collector's own | an edge node's audit record, appended to the evidence log ([`crate::audit::collector`]); 404 without `[audit.collector]` |
 //!
 //! The token (`Authorization: Bearer …`) comes from `admin.token_file` or
 //! `PORTCULLIS_ADMIN_TOKEN`; without one the `/admin/*` endpoints answer 403.
 
+use crate::audit::collector::Collector;
 use crate::body::{ProxyBody, full};
 use crate::reload::{Reloader, Trigger};
 use http::{Method, Request, Response, StatusCode};
@@ -24,18 +26,19 @@ use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 
 /// Bind the admin listener and serve it in the background; returns its address.
-pub async fn start(reloader: Arc<Reloader>, address: SocketAddr, token: Option<String>) -> std::io::Result<SocketAddr> {
+/// `collector`: the audit collector, when `[audit.collector]` is configured.
+pub async fn start(reloader: Arc<Reloader>, address: SocketAddr, token: Option<String>, collector: Option<Arc<Collector>>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(address).await.map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind the admin listener on {address}: {e}")))?;
     let local = listener.local_addr()?;
     let token: Arc<Option<String>> = Arc::new(token);
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let (reloader, token) = (reloader.clone(), token.clone());
+            let (reloader, token, collector) = (reloader.clone(), token.clone(), collector.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let (reloader, token) = (reloader.clone(), token.clone());
-                    async move { Ok::<_, std::convert::Infallible>(handle(&reloader, token.as_deref(), req).await) }
+                    let (reloader, token, collector) = (reloader.clone(), token.clone(), collector.clone());
+                    async move { Ok::<_, std::convert::Infallible>(handle(&reloader, token.as_deref(), collector.as_deref(), req).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
             });
@@ -44,8 +47,14 @@ pub async fn start(reloader: Arc<Reloader>, address: SocketAddr, token: Option<S
     Ok(local)
 }
 
-async fn handle(reloader: &Reloader, token: Option<&str>, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle(reloader: &Reloader, token: Option<&str>, collector: Option<&Collector>, req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path().to_string();
+    if let Some(collector) = collector
+        && path == crate::audit::collector::PATH
+    {
+        let sink = &reloader.gateway().audit;
+        return collector.handle(req, sink, sink.default_durability()).await;
+    }
     let snap = reloader.gateway().snapshot.load_full();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -118,7 +127,7 @@ fn authorize(token: Option<&str>, req: &Request<Incoming>) -> Result<(), Respons
 }
 
 /// Compare without leaking the position of the first difference through timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

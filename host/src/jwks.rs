@@ -264,6 +264,17 @@ struct Issuer {
     done: tokio::sync::watch::Sender<u64>,
 }
 
+/// Where an issuer's keys come from, as the edge plan carries it.
+/// No `Debug`: the set may hold a shared secret.
+#[derive(Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeKeys {
+    /// `{"url": "..."}`: fetched by the edge.
+    Url(String),
+    /// `{"jwks": "..."}`: the JWKS text itself.
+    Jwks(String),
+}
+
 /// The cache of every configured issuer.
 #[derive(Default)]
 pub struct JwksCache {
@@ -403,6 +414,22 @@ impl JwksCache {
     /// another set of sources (a reload), or a fetch that brought other keys.
     pub fn key_generation(&self) -> [u64; 2] {
         [self.sources, FETCHED_CHANGES.load(Ordering::Acquire)]
+    }
+
+    /// Where each issuer's keys come from, for the edge plan (`crate::edge`):
+    /// a URL (the edge fetches it itself), or the set this loader made from
+    /// `file` / `secret_file` (which may hold a shared secret).
+    pub fn edge_sources(&self) -> BTreeMap<String, EdgeKeys> {
+        self.issuers
+            .iter()
+            .map(|(name, issuer)| {
+                let keys = match &issuer.origin {
+                    Origin::Url { uri, .. } => EdgeKeys::Url(uri.to_string()),
+                    Origin::Static => EdgeKeys::Jwks(issuer.state.lock().unwrap().keys.as_ref().map(|k| k.full.to_string()).unwrap_or_default()),
+                };
+                (name.clone(), keys)
+            })
+            .collect()
     }
 
     /// Fetches started so far for `issuer` (tests, metrics).

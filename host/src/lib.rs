@@ -8,6 +8,7 @@ pub mod audit;
 pub mod body;
 pub mod config;
 pub mod demo;
+pub mod edge;
 pub mod error;
 pub mod jwks;
 pub mod metrics;

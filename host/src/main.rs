@@ -93,6 +93,48 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Prepare the edge (the same policies on Spin): its plan and its spin.toml.
+    ///
+    /// Both build the configuration exactly as `check` does (the same
+    /// errors, exit 1 on any) and then refuse any policy whose component is
+    /// not one of the crates compiled into the edge component (router,
+    /// security-headers, rate-limit, jwt-auth, residency, webhook-signature).
+    Edge {
+        #[command(subcommand)]
+        command: EdgeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EdgeCommand {
+    /// Print the edge plan (JSON, format portcullis-edge/1): the Spin variable `portcullis_config`.
+    ///
+    /// The node's resolved configuration in one document: each policy's
+    /// crate, namespace and flattened settings, each route's chain with its
+    /// overrides, pools, body limit and body HMAC, the pools' targets, the
+    /// limits' GCRA definitions, the issuers' key sources, trusted proxies.
+    /// It may hold secrets (an HS256 key set, a body HMAC key): pass it as a
+    /// secret variable, e.g. `SPIN_VARIABLE_PORTCULLIS_CONFIG="$(portcullis
+    /// edge plan --config FILE)"`.
+    Plan {
+        /// The gateway configuration.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print a spin.toml (manifest version 2) for the edge component of this configuration.
+    ///
+    /// Its `allowed_outbound_hosts` lists every pool target and every JWKS
+    /// URL origin of the configuration, and the `audit_collector_url`
+    /// variable. The repository's spin.toml is this command's output for
+    /// policies/dev.toml.
+    Manifest {
+        /// The gateway configuration.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The component's path in the manifest (relative to spin.toml).
+        #[arg(long, value_name = "PATH", default_value = portcullis::edge::manifest::DEFAULT_WASM)]
+        wasm: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -231,6 +273,26 @@ fn main() -> ExitCode {
                 AuditCommand::Prove { dir, seq, from_size } => portcullis::audit::cli::prove(&dir, seq, from_size),
                 AuditCommand::Export { config } => portcullis::audit::cli::export(&config).await,
             },
+            Command::Edge { command } => {
+                let (config, wasm) = match &command {
+                    EdgeCommand::Plan { config } => (config, None),
+                    EdgeCommand::Manifest { config, wasm } => (config, Some(wasm)),
+                };
+                let source = match Source::read(config) {
+                    Ok(s) => s,
+                    Err(e) => return report(Err(e.into())),
+                };
+                match portcullis::edge::plan::build(&source).await {
+                    Ok(plan) => {
+                        match wasm {
+                            None => println!("{}", serde_json::to_string(&plan).expect("the plan serializes")),
+                            Some(wasm) => print!("{}", portcullis::edge::manifest::render(&plan, wasm)),
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => report(Err(e)),
+                }
+            }
             Command::Demo => {
                 let source = Source::embedded_dev();
                 let parsed = match config::parse(&source) {

@@ -20,6 +20,7 @@
 //! | `portcullis_rate_limit_keys` | gauge | `limit` | keys held by each limit's local store, read at scrape time |
 //! | `portcullis_token_cache_lookups_total` | counter | `policy`, `result` (`hit`, `miss`) | each `host.verified-token-cached` of a policy with a cache (`crate::token_cache`) |
 //! | `portcullis_token_cache_entries` | gauge | `policy` | entries in each policy's verified-token cache |
+//! | `portcullis_collector_records_total` | counter | `outcome` (`appended`, `unauthorized`, `malformed`, `too-large`, `unsupported-media-type`, `method-not-allowed`, `unavailable`) | each request to the audit collector (`crate::audit::collector`) |
 //! | `portcullis_connections_refused_total` | counter | `listener`, `reason` (`max-connections`) | connections refused before any request was read (no request, so no audit record) |
 //!
 //! The audit log's own counters (`portcullis_audit_*`: records written,
@@ -60,6 +61,8 @@ pub struct Metrics {
     pub upstream_retries: IntCounterVec,
     /// `portcullis_connections_refused_total{listener,reason}`.
     pub connections_refused: IntCounterVec,
+    /// `portcullis_collector_records_total{outcome}`.
+    pub collector_records: IntCounterVec,
     reloads: IntCounterVec,
     chain_info: IntGaugeVec,
     /// `portcullis_rate_limit_decisions_total{limit,source,outcome}`.
@@ -109,6 +112,11 @@ impl Metrics {
         let token_cache_entries = IntGaugeVec::new(Opts::new("portcullis_token_cache_entries", "Entries in each policy's verified-token cache."), &["policy"]).expect("valid metric");
         registry.register(Box::new(token_cache_entries.clone())).expect("registered once");
         Metrics {
+            collector_records: counter(
+                "portcullis_collector_records_total",
+                "Requests to the audit collector by outcome: appended, unauthorized, malformed, too-large, unsupported-media-type, method-not-allowed, unavailable.",
+                &["outcome"],
+            ),
             connections_refused: counter(
                 "portcullis_connections_refused_total",
                 "Connections a listener refused before reading a request (reason max-connections: answered a fixed 503 and closed).",

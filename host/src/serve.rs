@@ -74,6 +74,12 @@ pub async fn serve(source: &Source, reloadable: bool) -> Result<(), StartError> 
         }
         None => std::env::var("PORTCULLIS_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
     };
+    // Read once at start-up (a new token takes a restart), after the checks
+    // that already refused a missing or short one.
+    let collector = match config::parse(source)?.audit.and_then(|a| a.collector) {
+        Some(c) => Some(Arc::new(crate::audit::collector::Collector::new(crate::audit::collector::load_token(source, &c).map_err(|e| ConfigErrors(vec![e]))?))),
+        None => None,
+    };
     snapshot.start();
     tracing::info!(version = %snapshot.version, routes = snapshot.routes.len(), policies = snapshot.policies.len(), "chain loaded");
     let gateway = Arc::new(Gateway { snapshot: arc_swap::ArcSwap::from_pointee(snapshot), audit });
@@ -84,7 +90,7 @@ pub async fn serve(source: &Source, reloadable: bool) -> Result<(), StartError> 
     reloader.start_listeners().await.map_err(|e| anyhow::anyhow!("{}: {e}", source.file.display()))?;
     if let Some(admin) = admin {
         let address = admin.address.parse().map_err(|_| anyhow::anyhow!("{}: admin.address: expected ip:port, got {:?}", source.file.display(), admin.address))?;
-        let bound = admin::start(reloader.clone(), address, admin_token).await.map_err(anyhow::Error::from)?;
+        let bound = admin::start(reloader.clone(), address, admin_token, collector).await.map_err(anyhow::Error::from)?;
         println!("admin {bound}");
     }
     reloader.spawn_sighup();

@@ -10,6 +10,9 @@
 //! async_flush_ms = 1000                  # async records are fsynced within this bound
 //! signing_key_file = "keys/audit.key"    # Ed25519, PKCS#8 PEM (openssl genpkey -algorithm ed25519)
 //!
+//! [audit.collector]                      # edge nodes' records (see `collector`); needs [admin]
+//! token_file = "keys/collector.token"    # or token_env = "VAR"; at least 32 bytes
+//!
 //! [audit.export]                         # ship sealed segments to S3-compatible storage
 //! endpoint = "http://10.0.0.9:9000"      # path-style: <endpoint>/<bucket>/<prefix><segment>
 //! bucket = "procare-audit"
@@ -61,6 +64,9 @@ pub struct AuditConfig {
     /// Shipping sealed segments to object storage.
     #[serde(default)]
     pub export: Option<ExportConfig>,
+    /// Records sent by edge nodes (`POST /audit/v1/records` on the admin listener).
+    #[serde(default)]
+    pub collector: Option<Spanned<super::collector::CollectorConfig>>,
 }
 
 fn default_segment_bytes() -> ByteSize {
@@ -158,6 +164,9 @@ pub fn validate(source: &Source, config: &Config, errors: &mut Vec<ConfigError>)
                 }
             }
         }
+    }
+    if let Some(c) = audit.and_then(|a| a.collector.as_ref()) {
+        super::collector::validate(source, c, config.admin.is_some(), errors);
     }
     for (i, r) in config.routes.iter().enumerate() {
         if r.audit == Some(Durability::Durable) && audit.is_none() {

@@ -12,6 +12,7 @@
 //!   unchained; for development.
 
 pub mod cli;
+pub mod collector;
 pub mod export;
 pub mod format;
 pub mod merkle;
@@ -21,6 +22,7 @@ mod config;
 #[cfg(test)]
 mod log_tests;
 
+pub use collector::CollectorConfig;
 pub use config::{AuditConfig, Durability, ExportConfig, validate};
 pub use writer::{LogOptions, LogStats, LogWriter};
 
@@ -90,6 +92,11 @@ pub struct Record {
     /// Absent on `async` routes, which write one record at completion.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// Where the request was decided when not on this node: `edge` for a
+    /// record an edge node sent to the collector ([`collector`]). Absent on
+    /// the node's own records, so their lines are unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// A line of the audit log: a request's record, or a gateway event (reload ...).
@@ -162,6 +169,25 @@ impl AuditSink {
     /// Queue a request's record (`async`); never waits.
     pub fn write(&self, record: Record) {
         self.send(Line::Request(Box::new(record)));
+    }
+
+    /// Append a record to the evidence log, honouring `durability`: `Ok`
+    /// once it is queued (`async`) or fsynced (`durable`). Unlike
+    /// [`AuditSink::write`] it says when the record did not make it (queue
+    /// full, writer stopped, no evidence log), so a caller that answers for
+    /// the record (the collector) can refuse instead of losing it silently.
+    pub async fn append(&self, record: Record, durability: Durability) -> Result<(), String> {
+        let Sink::Log { writer, .. } = &*self.inner else {
+            return Err("no evidence log is open".into());
+        };
+        let body = serde_json::to_vec(&Line::Request(Box::new(record))).map_err(|e| e.to_string())?;
+        match durability {
+            Durability::Async => writer.append(body).then_some(()).ok_or_else(|| "the audit queue is full or closed".into()),
+            Durability::Durable => match writer.append_durable(body).await {
+                Ok(r) => r.map(drop),
+                Err(_) => Err("the audit writer stopped".into()),
+            },
+        }
     }
 
     /// Write a request's record and return its seq once it is fsynced

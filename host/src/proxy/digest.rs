@@ -79,6 +79,12 @@ impl BodyHmac {
         Ok(BodyHmac { key, max_bytes: spec.max_bytes.0.min(body_limit), timeout: Duration::from_millis(spec.timeout_ms), key_fingerprint })
     }
 
+    /// The key in hex, for the edge plan (`crate::edge`), which hands the
+    /// edge the same key. Never logged.
+    pub fn key_hex(&self) -> String {
+        hex::encode(&self.key)
+    }
+
     /// Read `body` whole (bounded), add the facts to `run`, and leave in
     /// `body` the same bytes, to be forwarded.
     pub async fn attach(&self, run: &mut ChainRun, body: &mut RequestBody) -> Result<(), GatewayError> {

@@ -359,6 +359,16 @@ impl Limits {
         self.by_name.get(name).map(|l| l.definition.policy.as_str())
     }
 
+    /// Each limit's whole budget as the edge plan carries it (`crate::edge`):
+    /// name, GCRA interval, burst, quota and `RateLimit-Policy` item. A
+    /// shared limit gives its global budget, not a node's fallback share.
+    pub fn definitions(&self) -> impl Iterator<Item = (&str, Duration, u32, u64, &str)> {
+        self.by_name.values().map(|l| {
+            let d = &l.definition;
+            (l.name.as_str(), d.gcra.interval, d.gcra.burst, d.quota, d.policy.as_str())
+        })
+    }
+
     /// Every limit (for metrics).
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Limit>> {
         self.by_name.values()
