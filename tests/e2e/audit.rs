@@ -81,12 +81,12 @@ fn cli(args: &[&str]) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-fn verify(dir: &Path, pubkey: &Path) -> (bool, String, String) {
+pub(crate) fn verify(dir: &Path, pubkey: &Path) -> (bool, String, String) {
     cli(&["audit", "verify", "--dir", dir.to_str().unwrap(), "--pubkey", pubkey.to_str().unwrap()])
 }
 
 /// SIGTERM, then wait (bounded) for the gateway to seal its log and exit.
-fn stop(gw: &mut Gateway) {
+pub(crate) fn stop(gw: &mut Gateway) {
     Command::new("kill").args(["-TERM", &gw.child.id().to_string()]).status().unwrap();
     wait_exit(&mut gw.child);
 }
@@ -107,7 +107,7 @@ fn requests(gw: &Gateway) -> Vec<serde_json::Value> {
     gw.audit_records().into_iter().filter(|r| r.get("event").is_none()).collect()
 }
 
-fn metric(text: &str, name: &str) -> u64 {
+pub(crate) fn metric(text: &str, name: &str) -> u64 {
     text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 

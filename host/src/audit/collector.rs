@@ -90,11 +90,11 @@ pub fn load_token(source: &Source, at: &Spanned<CollectorConfig>) -> Result<Stri
 
 /// Checks of `[audit.collector]` (from `audit::validate`).
 pub fn validate(source: &Source, at: &Spanned<CollectorConfig>, has_admin: bool, errors: &mut Vec<ConfigError>) {
-    if let Err(e) = load_token(source, at) {
-        errors.push(e);
-    }
     if !has_admin {
         errors.push(source.error_at(at, "audit.collector", "the collector is served on the admin listener: add [admin] (address = \"ip:port\")"));
+    }
+    if let Err(e) = load_token(source, at) {
+        errors.push(e);
     }
 }
 
