@@ -41,6 +41,7 @@ fn record(i: u64) -> Vec<u8> {
         duration_us: 912,
         outcome: "ok".into(),
         phase: None,
+        origin: None,
     };
     serde_json::to_vec(&Line::Request(Box::new(r))).unwrap()
 }

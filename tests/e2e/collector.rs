@@ -145,10 +145,10 @@ async fn with_durable_mode_a_record_is_on_disk_before_its_204() {
     write_key(dir.path());
     std::fs::write(dir.path().join("collector.token"), TOKEN).unwrap();
     let gw = Gateway::start_in(dir, &crate::audit::config(up.addr, "mode = \"durable\"\n\n[audit.collector]\ntoken_file = \"collector.token\"\n"));
-    let before = metric(&String::from_utf8(gw.admin("GET", "/metrics", None).await.body.to_vec()).unwrap(), "portcullis_audit_durable_records_total");
+    let before = metric(std::str::from_utf8(&gw.admin("GET", "/metrics", None).await.body).unwrap(), "portcullis_audit_durable_records_total");
     assert_eq!(post(&gw, Some(TOKEN), "application/json", full(record("durable-1").to_string())).await.status, 204);
     // No waiting: the answer came after the fsync.
     assert_eq!(edge_records(&gw).len(), 1);
-    let after = metric(&String::from_utf8(gw.admin("GET", "/metrics", None).await.body.to_vec()).unwrap(), "portcullis_audit_durable_records_total");
+    let after = metric(std::str::from_utf8(&gw.admin("GET", "/metrics", None).await.body).unwrap(), "portcullis_audit_durable_records_total");
     assert_eq!(after, before + 1);
 }
