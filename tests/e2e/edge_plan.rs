@@ -37,6 +37,9 @@ fn the_plan_of_dev_toml_carries_its_routes_pools_and_router_table() {
     let config = root().join("policies/dev.toml");
     let p = plan(&config, &[]);
     assert_eq!(p["format"], "portcullis-edge/1");
+    // Exactly the contract's members.
+    let keys: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["chain", "format", "issuers", "limits", "max_request_head", "policies", "pools", "router", "routes", "trusted_proxies"]);
     assert_eq!(p["chain"], check_version(&config, &[]));
     assert_eq!(p["router"], "router");
     assert_eq!(p["policies"].as_object().unwrap().len(), 1);
@@ -57,6 +60,11 @@ fn the_plan_of_dev_toml_carries_its_routes_pools_and_router_table() {
     assert_eq!(p["issuers"], json!({}));
     assert_eq!(p["trusted_proxies"], json!([]));
     assert_eq!(p["max_request_head"], 65536);
+    // The same configuration gives the same bytes (sorted maps, no clock, no randomness).
+    let once = run(&["edge", "plan", "--config", config.to_str().unwrap()], &[]).1;
+    let twice = run(&["edge", "plan", "--config", config.to_str().unwrap()], &[]).1;
+    assert_eq!(once, twice);
+    assert_eq!(once.lines().count(), 1, "one line of JSON");
 }
 
 /// policies/procare.toml with its component paths pointed at this build's

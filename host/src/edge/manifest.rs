@@ -133,3 +133,49 @@ pub fn render(plan: &Plan, wasm: &str) -> String {
     };
     format!("{HEADER}{}", toml::to_string(&manifest).expect("the manifest serializes"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::plan::{FORMAT, PlanPool};
+    use crate::jwks::EdgeKeys;
+
+    fn plan() -> Plan {
+        Plan {
+            format: FORMAT,
+            chain: "v".into(),
+            router: "router".into(),
+            policies: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            pools: BTreeMap::from([
+                ("a".to_string(), PlanPool { region: None, scheme: "https".into(), targets: vec!["svc.internal:8443".into(), "10.0.0.1:8443".into()] }),
+                ("b".to_string(), PlanPool { region: Some("fsn1".into()), scheme: "http".into(), targets: vec!["10.0.0.1:8443".into(), "[::1]:8000".into()] }),
+            ]),
+            limits: BTreeMap::new(),
+            issuers: BTreeMap::from([
+                ("kc".to_string(), EdgeKeys::Url("http://keycloak.internal:8080/realms/x/certs".into())),
+                ("hs".to_string(), EdgeKeys::Jwks("{}".into())),
+            ]),
+            trusted_proxies: Vec::new(),
+            max_request_head: 65536,
+        }
+    }
+
+    #[test]
+    fn allowed_hosts_are_origins_of_targets_and_url_issuers_then_the_collector() {
+        assert_eq!(
+            allowed_outbound_hosts(&plan()),
+            ["http://10.0.0.1:8443", "http://[::1]:8000", "http://keycloak.internal:8080", "https://10.0.0.1:8443", "https://svc.internal:8443", "{{ audit_collector_url }}"]
+        );
+    }
+
+    #[test]
+    fn the_manifest_parses_back_with_its_source() {
+        let text = render(&plan(), "x/edge.wasm");
+        assert!(text.starts_with(HEADER));
+        let t: toml::Table = text.parse().unwrap();
+        assert_eq!(t["spin_manifest_version"].as_integer(), Some(2));
+        assert_eq!(t["component"][COMPONENT]["source"].as_str(), Some("x/edge.wasm"));
+        assert_eq!(t["component"][COMPONENT]["variables"]["pseudonym_key"].as_str(), Some("{{ pseudonym_key }}"));
+    }
+}
