@@ -226,3 +226,51 @@ pub fn response_headers(response: &IncomingResponse) -> Vec<(String, Vec<u8>)> {
     headers.retain(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()) && !named.contains(n));
     headers
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Plan;
+
+    fn plan() -> Plan {
+        Plan::parse(
+            r#"{"format":"portcullis-edge/1","chain":"v1","router":"router",
+                "policies":{"router":{"crate":"router","namespace":"route","settings":{}}},
+                "routes":{"records":{"chain":[],"pools":["us","eu","eu2"],"narrowed_by":"residency","body_limit":10,"websocket":false,"timeout_ms":null,"body_hmac":null}},
+                "pools":{"us":{"region":"ash","scheme":"http","targets":["127.0.0.1:1"]},"eu":{"region":"fsn1","scheme":"http","targets":["127.0.0.1:2"]},"eu2":{"region":"nbg1","scheme":"http","targets":["127.0.0.1:3"]}},
+                "max_request_head":65536}"#,
+        )
+        .unwrap()
+    }
+
+    fn facts(f: &[(&str, &str)]) -> Vec<(String, String)> {
+        f.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn policies_narrow_the_pools_and_never_widen_them() {
+        let plan = plan();
+        let route = &plan.routes["records"];
+        assert_eq!(pools(&plan, route, &facts(&[("residency.pools", "eu2,eu")])).unwrap(), ["eu2", "eu"]);
+        assert_eq!(pools(&plan, route, &facts(&[("residency.pools", "eu,elsewhere")])).unwrap(), ["eu"]);
+        let none = pools(&plan, route, &facts(&[("residency.pools", "")])).unwrap_err();
+        assert_eq!((none.status, none.slug.as_str()), (503, "no-healthy-upstream"));
+        // The residency policy must decide: without its fact nothing is forwarded.
+        let undecided = pools(&plan, route, &facts(&[("route.pools", "us,eu")])).unwrap_err();
+        assert_eq!((undecided.status, undecided.slug.as_str()), (500, "policy-contract"));
+    }
+
+    #[test]
+    fn list_items_decode_commas_and_percents() {
+        assert_eq!(decode_list("a%2Cb,c%25"), ["a,b", "c%"]);
+        assert!(decode_list("").is_empty());
+    }
+
+    #[test]
+    fn a_plan_naming_a_policy_not_compiled_in_is_refused() {
+        let err = Plan::parse(r#"{"format":"portcullis-edge/1","chain":"v1","router":"router","policies":{"router":{"crate":"router","namespace":"route","settings":{}},"x":{"crate":"test-policy","namespace":"x","settings":{}}},"routes":{},"pools":{},"max_request_head":1}"#).unwrap_err();
+        assert!(err.0.contains("policy \"x\" needs crate \"test-policy\", which is not compiled into this edge"), "{}", err.0);
+        let err = Plan::parse(r#"{"format":"portcullis-edge/2","chain":"v1","router":"router","policies":{},"routes":{},"pools":{},"max_request_head":1}"#).unwrap_err();
+        assert!(err.0.contains("portcullis-edge/2"), "{}", err.0);
+    }
+}

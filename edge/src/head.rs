@@ -167,3 +167,31 @@ fn in_net(ip: &std::net::IpAddr, net: &std::net::IpAddr, bits: u8) -> bool {
     let shift = width - u32::from(bits);
     (a >> shift) == (b >> shift)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_contain_their_addresses_only() {
+        let (net, bits) = parse_cidr("10.0.0.0/8").unwrap();
+        assert!(in_net(&"10.1.2.3".parse().unwrap(), &net, bits));
+        assert!(!in_net(&"11.0.0.1".parse().unwrap(), &net, bits));
+        assert!(!in_net(&"::ffff:10.0.0.1".parse().unwrap(), &net, bits), "no mixing of families");
+        let (net, bits) = parse_cidr("2001:db8::/32").unwrap();
+        assert!(in_net(&"2001:db8:1::1".parse().unwrap(), &net, bits));
+        let (net, bits) = parse_cidr("192.0.2.7").unwrap();
+        assert_eq!(bits, 32);
+        assert!(in_net(&"192.0.2.7".parse().unwrap(), &net, bits));
+        assert!(parse_cidr("10.0.0.0/33").is_none());
+        assert!(parse_cidr("not an address").is_none());
+    }
+
+    #[test]
+    fn ports_come_off_hosts_but_not_off_ipv6_addresses() {
+        assert_eq!(strip_port("api.procare.health:8443"), "api.procare.health");
+        assert_eq!(strip_port("[2001:db8::1]:443"), "[2001:db8::1]");
+        assert_eq!(strip_port("2001:db8::1"), "2001:db8::1");
+        assert_eq!(strip_port("localhost"), "localhost");
+    }
+}
