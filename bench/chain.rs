@@ -36,6 +36,7 @@ fn config_text() -> String {
     let test_policy = env!("PORTCULLIS_TEST_POLICY_WASM");
     format!(
         r#"
+{runtime}
 [[listeners]]
 name = "public"
 address = "127.0.0.1:0"
@@ -69,7 +70,9 @@ facts = {{ roles = ["doctor", "caregiver"], residency-class = "health" }}
         routes = ["engagement", "lifestyle", "insights", "doctor", "care", "library"]
             .iter()
             .map(|r| format!("[[routes]]\nname = \"{r}\"\npath = \"/api/{r}\"\npools = [\"clinical\"]\n"))
-            .collect::<String>()
+            .collect::<String>(),
+        // Profiling under valgrind: its address space holds only a small pool.
+        runtime = std::env::var("PORTCULLIS_BENCH_INSTANCES").map(|n| format!("[runtime]\nmax_instances = {n}\n")).unwrap_or_default(),
     )
 }
 

@@ -38,6 +38,11 @@ fn main() {
         let var = format!("PORTCULLIS_{}_WASM", p.replace('-', "_").to_ascii_uppercase());
         println!("cargo:rustc-env={var}={}", file.display());
     }
+    rerun_if_changed(&root.join("edge"));
+    let target_root = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let edge = build_edge(&root, &target_root.join("edge"));
+    assert!(edge.exists(), "missing {}", edge.display());
+    println!("cargo:rustc-env=PORTCULLIS_EDGE_WASM={}", edge.display());
 }
 
 /// The `members` of the components workspace (`members = ["sdk", ...]` on
@@ -50,25 +55,46 @@ fn workspace_members(manifest: &Path) -> Vec<String> {
 }
 
 fn build_guests(components: &Path, target_dir: &Path, guests: &[&str], stack_size: usize) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(components)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
-        .arg(target_dir);
+    // One `cargo rustc` per guest: the policy crates are rlibs (so the edge
+    // can compile them in) and become components only here, with
+    // `--crate-type cdylib`. The target dir is shared, so common
+    // dependencies build once.
     for p in guests {
-        cmd.args(["-p", p]);
+        let mut cmd = cargo(components);
+        cmd.args(["rustc", "--release", "--target", "wasm32-wasip2", "--crate-type", "cdylib", "-p", p, "--target-dir"])
+            .arg(target_dir);
+        // A small shadow stack keeps a guest's live data in its first 64 KiB page,
+        // which is what the pooling allocator keeps resident and resets cheaply.
+        cmd.env("CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS", format!("-C link-arg=-zstack-size={stack_size}"));
+        let status = cmd.status().expect("run cargo for the policy components");
+        if !status.success() {
+            panic!("building policy component {p} for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)");
+        }
     }
-    // The outer build's flags are for the host, not the guests.
+}
+
+/// The edge component (`edge/`, its own workspace: it compiles the policy
+/// crates in with the SDK's `embedded` feature, which must never unify
+/// with the components workspace's builds).
+fn build_edge(root: &Path, target_dir: &Path) -> PathBuf {
+    let mut cmd = cargo(&root.join("edge"));
+    cmd.args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"]).arg(target_dir);
+    let status = cmd.status().expect("run cargo for the edge component");
+    if !status.success() {
+        panic!("building the edge component (edge/) for wasm32-wasip2 failed");
+    }
+    target_dir.join("wasm32-wasip2/release/portcullis_edge.wasm")
+}
+
+/// A cargo command for a nested build, without the outer build's flags
+/// (they are for the host, not the guests).
+fn cargo(dir: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(dir);
     for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER", "CARGO_PROFILE_RELEASE_LTO", "CARGO_MAKEFLAGS"] {
         cmd.env_remove(var);
     }
-    // A small shadow stack keeps a guest's live data in its first 64 KiB page,
-    // which is what the pooling allocator keeps resident and resets cheaply.
-    cmd.env("CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS", format!("-C link-arg=-zstack-size={stack_size}"));
-    let status = cmd.status().expect("run cargo for the policy components");
-    if !status.success() {
-        panic!("building the policy components for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)");
-    }
+    cmd
 }
 
 fn rerun_if_changed(dir: &Path) {

@@ -12,6 +12,8 @@
 //! The bookkeeping ([`Bump`]) is plain address arithmetic over a [`Source`] of
 //! memory so that it is unit-tested natively; only the wasm32 glue touches real
 //! memory.
+// Compiled in (feature `embedded`) the guest uses std's allocator: only the tests use this.
+#![cfg_attr(feature = "embedded", allow(dead_code))]
 
 #![cfg_attr(not(all(target_arch = "wasm32", feature = "allocator")), allow(dead_code))]
 
@@ -130,7 +132,7 @@ impl Bump {
     }
 }
 
-#[cfg(all(target_arch = "wasm32", feature = "allocator"))]
+#[cfg(all(target_arch = "wasm32", feature = "allocator", not(feature = "embedded")))]
 mod wasm {
     use super::{ARENA_SIZE, Bump, Source};
     use core::alloc::{GlobalAlloc, Layout};

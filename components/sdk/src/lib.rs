@@ -26,7 +26,7 @@
 #![no_std]
 
 extern crate alloc;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(any(not(target_arch = "wasm32"), feature = "embedded"))]
 extern crate std;
 
 use alloc::string::String;
@@ -40,6 +40,7 @@ pub mod settings;
 
 /// The generated bindings of world `policy-component`. Prefer the
 /// re-exports at the crate root.
+#[cfg(not(feature = "embedded"))]
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
@@ -51,6 +52,21 @@ pub mod bindings {
     });
 }
 
+/// Embedded (feature `embedded`): the contract's types only; no imports, no exports.
+#[cfg(feature = "embedded")]
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        inline: "package portcullis:embedded; world policy-types { import portcullis:gateway/types@0.1.0; }",
+        path: "../../wit",
+        world: "portcullis:embedded/policy-types",
+        generate_all,
+    });
+}
+
+#[cfg(feature = "embedded")]
+pub mod embedded;
+
 pub use bindings::portcullis::gateway::types::{
     Completion, Edits, Fact, Header, HookSet, JwksError, Level, RateError, RateOutcome, Reply,
     RequestHead, ResponseEdits, ResponseHead, Verdict,
@@ -60,6 +76,7 @@ pub use bindings::portcullis::gateway::types::{
 pub type Hooks = HookSet;
 
 /// What the host offers, answered from memory (`host` interface).
+#[cfg(not(feature = "embedded"))]
 pub mod host {
     pub use crate::bindings::portcullis::gateway::host::{
         audit, limit_policy, log, now_ms, pseudonym, setting, settings, verified_token_cached,
@@ -68,9 +85,13 @@ pub mod host {
 }
 
 /// What the host offers that may wait on the network (`io` interface).
+#[cfg(not(feature = "embedded"))]
 pub mod io {
     pub use crate::bindings::portcullis::gateway::io::{jwks, rate_acquire};
 }
+
+#[cfg(feature = "embedded")]
+pub use embedded::{host, io};
 
 pub use host::{
     audit, limit_policy, log, now_ms, pseudonym, setting, settings, verified_token_cached, verified_token_put,
@@ -131,6 +152,7 @@ pub trait Policy {
     }
 }
 
+#[cfg(not(feature = "embedded"))]
 impl<T: Policy> bindings::exports::portcullis::gateway::policy::Guest for T {
     #[inline]
     fn hooks() -> Hooks {
@@ -159,6 +181,7 @@ impl<T: Policy> bindings::exports::portcullis::gateway::policy::Guest for T {
 ///
 /// Expands to nothing on other targets than wasm32 (the export names are not
 /// valid native symbols), so policy crates build and test natively.
+#[cfg(not(feature = "embedded"))]
 #[macro_export]
 macro_rules! export_policy {
     ($ty:ident) => {
@@ -166,6 +189,19 @@ macro_rules! export_policy {
         const _: () = {
     $crate::bindings::export!($ty with_types_in $crate::bindings);
         };
+    };
+}
+
+/// Embedded (feature `embedded`): no wasm exports; the crate offers its
+/// policy as `embedded_policy()`, a [`embedded::PolicyVTable`].
+#[cfg(feature = "embedded")]
+#[macro_export]
+macro_rules! export_policy {
+    ($ty:ident) => {
+        /// This crate's policy, for an embedder that compiles it in.
+        pub fn embedded_policy() -> $crate::embedded::PolicyVTable {
+            $crate::embedded::PolicyVTable::of::<$ty>()
+        }
     };
 }
 
