@@ -113,8 +113,11 @@ async fn edge_records_join_the_chain_and_every_bad_request_is_refused_without_a_
     assert!(eventually(Duration::from_secs(10), || edge_records(&gw).len() == 2).await);
     let ids: Vec<_> = edge_records(&gw).iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(ids, ["edge-1", "edge-2"], "a refused record was appended");
-    // Node records are unchanged: no origin member.
-    assert!(gw.audit_records().iter().any(|r| r["listener"] == "public" && r.get("origin").is_none()));
+    // Node records are unchanged: no origin member. (The node's record is
+    // written once the response body has ended: wait for it.)
+    let node_record = || gw.audit_records().into_iter().find(|r| r["listener"] == "public" && r["path"] == "/async");
+    assert!(eventually(Duration::from_secs(10), || node_record().is_some()).await, "the node's own record never arrived");
+    assert!(node_record().unwrap().get("origin").is_none());
 
     let metrics = String::from_utf8(gw.admin("GET", "/metrics", None).await.body.to_vec()).unwrap();
     assert_eq!(metric(&metrics, "portcullis_collector_records_total{outcome=\"appended\"}"), 2);
