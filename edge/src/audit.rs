@@ -87,19 +87,22 @@ impl Record {
     }
 }
 
-/// Send the record to the collector named by `audit_collector_url` (none
-/// configured: the record goes to stderr, which Spin keeps per component).
+/// Send the record to the collector at the origin `audit_collector` (a
+/// Portcullis node's admin listener; none configured: the record goes to
+/// stderr, which Spin keeps per component). An origin, not a URL, because
+/// it is also an `allowed_outbound_hosts` entry, where Spin allows no path.
 pub async fn deliver(record: &Record) {
     let body = serde_json::to_vec(record).expect("records serialize");
-    let url = spin_sdk::variables::get("audit_collector_url").unwrap_or_default();
-    if url.trim().is_empty() {
+    let origin = spin_sdk::variables::get("audit_collector").unwrap_or_default();
+    let origin = origin.trim().trim_end_matches('/');
+    if origin.is_empty() {
         eprintln!("audit {}", String::from_utf8_lossy(&body));
         return;
     }
     let token = spin_sdk::variables::get("collector_token").unwrap_or_default();
     let request = Request::builder()
         .method(Method::Post)
-        .uri(url.trim())
+        .uri(format!("{origin}/audit/v1/records"))
         .header("content-type", "application/json")
         .header("authorization", format!("Bearer {}", token.trim()))
         .body(body)

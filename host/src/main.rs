@@ -124,7 +124,7 @@ enum EdgeCommand {
     /// Print a spin.toml (manifest version 2) for the edge component of this configuration.
     ///
     /// Its `allowed_outbound_hosts` lists every pool target and every JWKS
-    /// URL origin of the configuration, and the `audit_collector_url`
+    /// URL origin of the configuration, and the `audit_collector`
     /// variable. The repository's spin.toml is this command's output for
     /// policies/dev.toml.
     Manifest {

@@ -228,7 +228,7 @@ fn the_committed_spin_toml_keeps_spins_rules() {
     }
     assert_eq!(vars["portcullis_config"]["required"].as_bool(), Some(true));
     assert_eq!(vars["pseudonym_key"]["required"].as_bool(), Some(true));
-    assert_eq!(vars["audit_collector_url"]["default"].as_str(), Some(""));
+    assert_eq!(vars["audit_collector"]["default"].as_str(), Some(""));
     assert_eq!(vars["collector_token"]["default"].as_str(), Some(""));
     // The --wasm argument names another artifact.
     let (ok, out, _) = run(&["edge", "manifest", "--config", root().join("policies/dev.toml").to_str().unwrap(), "--wasm", "dist/edge.wasm"], &[]);
@@ -276,7 +276,7 @@ fn spin_rules(manifest: &Table, plan: &serde_json::Value) {
             assert!(port.parse::<u16>().is_ok() || port == "*", "{host}: bad port");
         }
     }
-    assert!(hosts.iter().any(|h| h == "{{ audit_collector_url }}"), "{hosts:?}");
+    assert!(hosts.iter().any(|h| h == "{{ audit_collector }}"), "{hosts:?}");
     for (name, pool) in plan["pools"].as_object().unwrap() {
         for target in pool["targets"].as_array().unwrap() {
             let want = format!("{}://{}", pool["scheme"].as_str().unwrap(), target.as_str().unwrap());
