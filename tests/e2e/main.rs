@@ -7,6 +7,8 @@ mod audit;
 mod check;
 mod clients;
 mod deploy;
+mod edge;
+mod edge_runtime;
 mod framing;
 mod greedy_clients;
 mod hostile;
