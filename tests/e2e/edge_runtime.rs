@@ -74,6 +74,9 @@ pub struct ColdStart {
     pub compile: Duration,
     /// The first request's `instantiate_async` (None until a request arrived).
     pub first_instantiate: Option<Duration>,
+    /// The first request from a fresh Store to the guest's response head
+    /// (instantiation, the guest's work and its outbound calls included).
+    pub first_response: Option<Duration>,
     /// Size of the `.wasm` file.
     pub component_bytes: u64,
 }
@@ -101,6 +104,7 @@ struct Shared {
     stderr: MemoryOutputPipe,
     instances: AtomicU64,
     first_instantiate: OnceLock<Duration>,
+    first_response: OnceLock<Duration>,
     /// Outgoing requests refused, as `scheme://authority`.
     denied: Arc<Mutex<Vec<String>>>,
     /// Requests the runtime itself answered 500 because the guest failed (trap, no response).
@@ -166,6 +170,7 @@ impl EdgeRuntime {
             stderr: MemoryOutputPipe::new(STDERR_CAPACITY),
             instances: AtomicU64::new(0),
             first_instantiate: OnceLock::new(),
+            first_response: OnceLock::new(),
             denied: Arc::default(),
             failures: Mutex::default(),
         });
@@ -182,7 +187,12 @@ impl EdgeRuntime {
 
     /// Compile time, first instantiation and component size.
     pub fn cold_start(&self) -> ColdStart {
-        ColdStart { compile: self.compile, first_instantiate: self.shared.first_instantiate.get().copied(), component_bytes: self.component_bytes }
+        ColdStart {
+            compile: self.compile,
+            first_instantiate: self.shared.first_instantiate.get().copied(),
+            first_response: self.shared.first_response.get().copied(),
+            component_bytes: self.component_bytes,
+        }
     }
 
     /// Everything the guest wrote to stderr so far, all requests together.
@@ -252,6 +262,7 @@ impl Shared {
             hooks: OutboundHooks { allowed: self.allowed.clone(), denied: self.denied.clone() },
             capabilities: self.capabilities.clone(),
         };
+        let started = Instant::now();
         let mut store = Store::new(self.pre.engine(), state);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
@@ -260,15 +271,18 @@ impl Shared {
         // The guest runs in its own task: it may keep writing the body after
         // it has set the response head.
         let task = tokio::spawn(async move {
-            let started = Instant::now();
+            let instantiating = Instant::now();
             let proxy = shared.pre.instantiate_async(&mut store).await?;
-            let took = started.elapsed();
+            let took = instantiating.elapsed();
             shared.instances.fetch_add(1, Ordering::SeqCst);
             let _ = shared.first_instantiate.set(took);
             proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
         });
         match receiver.await {
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => {
+                let _ = self.first_response.set(started.elapsed());
+                Ok(resp)
+            }
             Ok(Err(code)) => Err(wasmtime::format_err!("the guest answered with an error code: {code:?}")),
             Err(_) => match task.await {
                 Ok(Ok(())) => wasmtime::bail!("the guest returned without setting a response"),
