@@ -14,7 +14,9 @@ use crate::edge_runtime::{EdgeOptions, EdgeRuntime};
 use crate::support::*;
 use std::path::PathBuf;
 
-/// The component under test. The one line to change when the edge component is built by build.rs.
+/// The component under test. The one line to change when the edge component
+/// is built by host/build.rs: `PathBuf::from(env!("PORTCULLIS_EDGE_WASM"))`
+/// (the tests' guest contract above then moves to that component's behaviour).
 fn edge_wasm() -> PathBuf {
     PathBuf::from(std::env::var_os("PORTCULLIS_EDGE_TEST_WASM").expect("set PORTCULLIS_EDGE_TEST_WASM to a spin-sdk HTTP component, e.g. /tmp/edge-spike/target/wasm32-wasip2/release/edge5.wasm"))
 }
@@ -81,6 +83,7 @@ async fn a_store_not_granted_is_access_denied() {
     assert!(edge.stderr().contains("AccessDenied") || edge.stderr().to_lowercase().contains("access denied"), "stderr: {}", edge.stderr());
     assert_eq!(edge.kv_get("default", "hits"), None);
     assert_eq!(edge.kv_get("sessions", "hits"), None);
+    assert!(edge.failures().is_empty(), "the guest answered the 500 itself: {:?}", edge.failures());
 }
 
 #[tokio::test]
@@ -117,6 +120,7 @@ async fn an_upstream_not_in_allowed_outbound_hosts_is_refused() {
     assert_eq!(other.connections.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing was sent");
     assert!(allowed.requests().is_empty());
     assert!(edge.stderr().to_lowercase().contains("denied"), "the guest saw HTTP-request-denied; stderr: {}", edge.stderr());
+    assert!(edge.failures().is_empty(), "the guest answered the 500 itself: {:?}", edge.failures());
 }
 
 #[tokio::test]

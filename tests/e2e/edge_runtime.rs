@@ -242,7 +242,9 @@ impl Shared {
         match self.clone().run_guest(req).await {
             Ok(resp) => resp,
             Err(e) => {
-                self.failures.lock().unwrap().push(format!("{e:?}"));
+                if e.downcast_ref::<GuestFailed>().is_none() {
+                    self.failures.lock().unwrap().push(format!("{e:?}"));
+                }
                 let body = Full::new(Bytes::from_static(b"the component failed")).map_err(|never| match never {}).boxed_unsync();
                 hyper::Response::builder().status(500).body(body).expect("a static response")
             }
@@ -276,7 +278,13 @@ impl Shared {
             let took = instantiating.elapsed();
             shared.instances.fetch_add(1, Ordering::SeqCst);
             let _ = shared.first_instantiate.set(took);
-            proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+            let handled = proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await;
+            // Recorded here, so that a guest failing after its response head
+            // (while streaming the body) is seen too.
+            if let Err(e) = &handled {
+                shared.failures.lock().unwrap().push(format!("the guest failed: {e:?}"));
+            }
+            handled
         });
         match receiver.await {
             Ok(Ok(resp)) => {
@@ -286,12 +294,17 @@ impl Shared {
             Ok(Err(code)) => Err(wasmtime::format_err!("the guest answered with an error code: {code:?}")),
             Err(_) => match task.await {
                 Ok(Ok(())) => wasmtime::bail!("the guest returned without setting a response"),
-                Ok(Err(e)) => Err(e.context("the guest failed before setting a response")),
+                Ok(Err(_)) => Err(GuestFailed.into()),
                 Err(e) => Err(e.into()),
             },
         }
     }
 }
+
+/// The guest failed before setting a response; its error is already in `failures`.
+#[derive(Debug, thiserror::Error)]
+#[error("the guest failed before setting a response")]
+struct GuestFailed;
 
 /// What a Store holds: one request's WASI, wasi:http and Spin state.
 struct RequestState {
