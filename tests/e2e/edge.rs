@@ -18,7 +18,7 @@ use std::path::PathBuf;
 /// is built by host/build.rs: `PathBuf::from(env!("PORTCULLIS_EDGE_WASM"))`
 /// (the tests' guest contract above then moves to that component's behaviour).
 fn edge_wasm() -> PathBuf {
-    PathBuf::from(std::env::var_os("PORTCULLIS_EDGE_TEST_WASM").expect("set PORTCULLIS_EDGE_TEST_WASM to a spin-sdk HTTP component, e.g. /tmp/edge-spike/target/wasm32-wasip2/release/edge5.wasm"))
+    PathBuf::from(std::env::var_os("PORTCULLIS_EDGE_TEST_WASM").expect("set PORTCULLIS_EDGE_TEST_WASM to a spin-sdk HTTP component: the spike's edge5.wasm (docs/edge-on-spin-spike.md §1)"))
 }
 
 fn with_default_store() -> EdgeOptions {
