@@ -9,6 +9,8 @@ mod clients;
 mod collector;
 mod deploy;
 mod edge_plan;
+mod edge;
+mod edge_runtime;
 mod framing;
 mod greedy_clients;
 mod hostile;
