@@ -539,3 +539,89 @@ async fn runtime_load_errors_name_the_entry() {
     std::fs::write(&not_wasm, b"not a component").unwrap();
     assert!(EdgeRuntime::try_start(&not_wasm, EdgeOptions::default()).await.is_err());
 }
+
+#[tokio::test]
+async fn jwks_are_fetched_over_outbound_http_and_cached_in_key_value() {
+    use crate::jwt::{JwksServer, jwks_of};
+    const KC_ISS: &str = "https://auth.procare.test/realms/procare";
+    let key = Key::rsa("kc-1");
+    let idp = JwksServer::start(jwks_of(&[&key])).await;
+    let library = Upstream::start("library").await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "public"
+address = "127.0.0.1:0"
+
+[policies.router]
+component = "builtin:router"
+
+[policies.jwt]
+component = "{JWT_AUTH}"
+[policies.jwt.settings]
+realm = "procare"
+[policies.jwt.settings.issuers.procare]
+issuer = "{KC_ISS}"
+algorithms = ["RS256"]
+audience = ["procare-api"]
+
+[[jwks]]
+issuer = "{KC_ISS}"
+url = "http://{idp}/realms/procare/certs"
+
+[[pools]]
+name = "library"
+targets = ["{library}"]
+
+[[routes]]
+name = "library"
+path = "/library"
+pools = ["library"]
+chain = ["jwt"]
+"#,
+        idp = idp.addr,
+        library = library.addr
+    );
+    let dir = node_dir(&config);
+    let plan = edge_plan(&dir.path().join("gateway.toml"));
+    let plan_json: Value = serde_json::from_str(&plan).unwrap();
+    let same_plan = plan.clone();
+    assert_eq!(plan_json["issuers"][KC_ISS]["url"], format!("http://{}/realms/procare/certs", idp.addr));
+    let opts = EdgeOptions {
+        variables: vec![("portcullis_config".into(), plan), ("pseudonym_key".into(), hex::encode(PSEUDONYM_KEY))],
+        key_value_stores: vec!["default".into()],
+        allowed_outbound_hosts: vec![format!("http://{}", library.addr), format!("http://{}", idp.addr)],
+    };
+    let edge = EdgeRuntime::start(edge_wasm(), opts).await;
+    let fetched_for_the_plan = idp.fetches();
+    let claims = json!({ "iss": KC_ISS, "sub": "doctor-7", "aud": "procare-api", "exp": now() + 300, "iat": now() - 5 });
+    let bearer = format!("Bearer {}", key.sign(&claims));
+
+    // Two requests, two fresh instances: the key set is fetched once and
+    // read from key-value the second time.
+    for _ in 0..2 {
+        let a = get(&edge.url("/library/book"), &[("authorization", &bearer)]).await;
+        assert_eq!(a.status, 200, "{} / stderr: {}", String::from_utf8_lossy(&a.body), edge.stderr());
+    }
+    assert_eq!(idp.fetches() - fetched_for_the_plan, 1, "one fetch, then the key-value cache");
+    let cached = edge.kv_get("default", &format!("jwks:{KC_ISS}")).expect("the key set is cached in key-value");
+    assert!(String::from_utf8_lossy(&cached).contains("kc-1"));
+
+    // A token from another key is refused; with the identity provider gone
+    // the cached set still verifies good tokens.
+    let forged = format!("Bearer {}", Key::rsa("kc-1").sign(&claims));
+    assert_eq!(get(&edge.url("/library/book"), &[("authorization", &forged)]).await.status, 401);
+    idp.stop();
+    assert_eq!(get(&edge.url("/library/book"), &[("authorization", &bearer)]).await.status, 200);
+
+    // A fresh edge (an empty store) with the identity provider down cannot
+    // verify anything: 503, never a pass.
+    let opts = EdgeOptions {
+        variables: vec![("portcullis_config".into(), same_plan), ("pseudonym_key".into(), hex::encode(PSEUDONYM_KEY))],
+        key_value_stores: vec!["default".into()],
+        allowed_outbound_hosts: vec![format!("http://{}", library.addr), format!("http://{}", idp.addr)],
+    };
+    let cold = EdgeRuntime::start(edge_wasm(), opts).await;
+    assert_problem(&get(&cold.url("/library/book"), &[("authorization", &bearer)]).await, 503);
+    assert_eq!(library.requests.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
