@@ -28,8 +28,12 @@ fn main() {
 
 static FILTER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 
+/// A row runs when its name contains the filter, or equals it after `=`.
 fn selected(name: &str) -> bool {
-    FILTER.get().and_then(|f| f.as_deref()).is_none_or(|f| name.contains(f))
+    FILTER.get().and_then(|f| f.as_deref()).is_none_or(|f| match f.strip_prefix('=') {
+        Some(exact) => name == exact,
+        None => name.contains(f),
+    })
 }
 
 fn config_text() -> String {

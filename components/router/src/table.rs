@@ -67,33 +67,55 @@ impl<'a> Line<'a> {
 
 /// The non-empty lines of the table with their 1-based line numbers, split
 /// into fields, or the number of fields found when it is not 7.
+///
+/// One pass over the bytes: `str::split` looks for each separator with a
+/// `memchr` whose set-up costs more than these short fields (a fresh
+/// instance walks the whole table on every request).
 fn lines(table: &str) -> impl Iterator<Item = Result<Line<'_>, (usize, usize)>> {
-    table
-        .split('\n')
-        .enumerate()
-        .filter(|(_, l)| !l.is_empty())
-        .map(|(i, l)| {
-            let number = i + 1;
+    let bytes = table.as_bytes();
+    let mut pos = 0;
+    let mut number = 0;
+    core::iter::from_fn(move || {
+        while pos < bytes.len() {
+            number += 1;
+            let start = pos;
             let mut fields = [""; FIELDS];
             let mut n = 0;
-            for part in l.split('\t') {
-                if n < FIELDS {
-                    fields[n] = part;
+            let mut field_start = start;
+            let mut end = bytes.len();
+            for (i, &b) in bytes.iter().enumerate().skip(start) {
+                if b == b'\n' {
+                    end = i;
+                    break;
                 }
-                n += 1;
+                if b == b'\t' {
+                    if n < FIELDS {
+                        // Tab and newline are ASCII: every cut is a char boundary.
+                        fields[n] = &table[field_start..i];
+                    }
+                    n += 1;
+                    field_start = i + 1;
+                }
             }
-            if n == FIELDS {
-                Ok(Line { number, fields })
-            } else {
-                Err((number, n))
+            pos = end + 1;
+            if end == start {
+                continue;
             }
-        })
+            if n < FIELDS {
+                fields[n] = &table[field_start..end];
+            }
+            n += 1;
+            return Some(if n == FIELDS { Ok(Line { number, fields }) } else { Err((number, n)) });
+        }
+        None
+    })
 }
 
 /// Undo the table's field encoding (`%25` `%09` `%0A`, hex in either case).
 /// `None` when a `%` starts anything else.
 pub fn field(raw: &str) -> Option<Cow<'_, str>> {
-    if !raw.contains('%') {
+    // A plain loop: these fields are a few bytes long (see `lines`).
+    if !raw.bytes().any(|b| b == b'%') {
         return Some(Cow::Borrowed(raw));
     }
     let b = raw.as_bytes();
