@@ -9,6 +9,10 @@ use futures::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
 use portcullis_sdk::RequestHead;
 use spin_sdk::http::{ErrorCode, Fields, IncomingResponse, Method, OutgoingRequest, Scheme};
+use spin_sdk::wit::wasi::http0_2_0::outgoing_handler;
+use spin_sdk::wit::wasi::http0_2_0::types::RequestOptions;
+use std::future::Future;
+use std::task::Poll;
 
 /// The pools this request may use, in order.
 pub fn pools(plan: &Plan, route: &Route, facts: &[(String, String)]) -> Result<Vec<String>, Failure> {
@@ -169,7 +173,9 @@ async fn send(plan: &Plan, pool: &str, target: &str, route: &Route, head: &Reque
         drop(sink); // finishes the body
         Ok::<u64, (bool, u64)>(sent)
     };
-    let sending = Box::pin(spin_sdk::http::send::<_, IncomingResponse>(request));
+    let pool_plan = &plan.pools[pool];
+    let timeouts = Timeouts { connect_ms: pool_plan.connect_timeout_ms, first_byte_ms: route.timeout_ms.unwrap_or(pool_plan.response_timeout_ms) };
+    let sending = Box::pin(send_with_timeouts(request, timeouts));
     let pump = Box::pin(pump);
     // A body over the limit ends the exchange at once: the upstream, still
     // waiting for the rest of it, would never answer.
@@ -190,17 +196,55 @@ async fn send(plan: &Plan, pool: &str, target: &str, route: &Route, head: &Reque
     }
 }
 
+/// The budgets of one outbound request.
+struct Timeouts {
+    connect_ms: u64,
+    first_byte_ms: u64,
+}
+
+/// `outgoing-handler.handle` with request options: spin-sdk's `send` passes
+/// none, so an upstream that never answers would hold the request forever.
+fn send_with_timeouts(request: OutgoingRequest, timeouts: Timeouts) -> impl Future<Output = Result<IncomingResponse, ErrorCode>> {
+    let options = RequestOptions::new();
+    let _ = options.set_connect_timeout(Some(timeouts.connect_ms.saturating_mul(1_000_000)));
+    let _ = options.set_first_byte_timeout(Some(timeouts.first_byte_ms.saturating_mul(1_000_000)));
+    let mut state = Pending { waiting: None, response: Some(outgoing_handler::handle(request, Some(options))) };
+    futures::future::poll_fn(move |cx| match state.response.as_ref().expect("taken only on drop") {
+        Err(code) => Poll::Ready(Err(code.clone())),
+        Ok(future) => match future.get() {
+            Some(Ok(answer)) => Poll::Ready(answer),
+            Some(Err(())) => Poll::Ready(Err(ErrorCode::InternalError(Some("the response was already taken".into())))),
+            None => {
+                let token = spin_executor::push_waker_and_get_token(future.subscribe(), cx.waker().clone());
+                state.waiting = Some(token.into());
+                Poll::Pending
+            }
+        },
+    })
+}
+
+/// An outbound request in flight. The registered pollable is a child of the
+/// response future and must be dropped first (wasmtime traps otherwise).
+struct Pending {
+    waiting: Option<spin_executor::CancelOnDropToken>,
+    response: Option<Result<spin_sdk::wit::wasi::http0_2_0::types::FutureIncomingResponse, ErrorCode>>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        drop(self.waiting.take());
+        drop(self.response.take());
+    }
+}
+
 /// What a failed outbound request means for the client: 502, or 504 for a
 /// timeout; retried elsewhere only when nothing reached the upstream.
-fn upstream_failure(e: &spin_sdk::http::SendError) -> (Failure, bool) {
+fn upstream_failure(code: &ErrorCode) -> (Failure, bool) {
     let unreachable = Failure { status: 502, slug: "upstream-unreachable".into(), detail: "The upstream service could not be reached.".into() };
-    match e {
-        spin_sdk::http::SendError::Http(code) => match code {
-            ErrorCode::ConnectionRefused | ErrorCode::DnsTimeout | ErrorCode::DnsError(_) | ErrorCode::DestinationNotFound | ErrorCode::DestinationUnavailable | ErrorCode::DestinationIpUnroutable | ErrorCode::ConnectionTimeout => (unreachable, true),
-            ErrorCode::ConnectionReadTimeout | ErrorCode::HttpResponseTimeout => (Failure { status: 504, slug: "upstream-timeout".into(), detail: "The upstream service did not answer in time.".into() }, false),
-            _ => (Failure { status: 502, slug: "upstream-error".into(), detail: "The upstream service's answer could not be used.".into() }, false),
-        },
-        _ => (unreachable, false),
+    match code {
+        ErrorCode::ConnectionRefused | ErrorCode::DnsTimeout | ErrorCode::DnsError(_) | ErrorCode::DestinationNotFound | ErrorCode::DestinationUnavailable | ErrorCode::DestinationIpUnroutable | ErrorCode::ConnectionTimeout => (unreachable, true),
+        ErrorCode::ConnectionReadTimeout | ErrorCode::HttpResponseTimeout => (Failure { status: 504, slug: "upstream-timeout".into(), detail: "The upstream service did not answer in time.".into() }, false),
+        _ => (Failure { status: 502, slug: "upstream-error".into(), detail: "The upstream service's answer could not be used.".into() }, false),
     }
 }
 
@@ -237,7 +281,7 @@ mod tests {
             r#"{"format":"portcullis-edge/1","chain":"v1","router":"router",
                 "policies":{"router":{"crate":"router","namespace":"route","settings":{}}},
                 "routes":{"records":{"chain":[],"pools":["us","eu","eu2"],"narrowed_by":"residency","body_limit":10,"websocket":false,"timeout_ms":null,"body_hmac":null}},
-                "pools":{"us":{"region":"ash","scheme":"http","targets":["127.0.0.1:1"]},"eu":{"region":"fsn1","scheme":"http","targets":["127.0.0.1:2"]},"eu2":{"region":"nbg1","scheme":"http","targets":["127.0.0.1:3"]}},
+                "pools":{"us":{"region":"ash","scheme":"http","targets":["127.0.0.1:1"],"connect_timeout_ms":1000,"response_timeout_ms":30000},"eu":{"region":"fsn1","scheme":"http","targets":["127.0.0.1:2"],"connect_timeout_ms":1000,"response_timeout_ms":30000},"eu2":{"region":"nbg1","scheme":"http","targets":["127.0.0.1:3"],"connect_timeout_ms":1000,"response_timeout_ms":30000}},
                 "max_request_head":65536}"#,
         )
         .unwrap()

@@ -68,9 +68,7 @@ pub struct Route {
     #[serde(default)]
     #[allow(dead_code)]
     pub websocket: bool,
-    /// Budget for the upstream's answer. Not at the edge yet: spin-sdk's
-    /// `send` takes no request options (README, "At the edge on Spin").
-    #[allow(dead_code)]
+    /// Budget for the upstream's response head, overriding the pool's.
     pub timeout_ms: Option<u64>,
     /// The body's HMAC for the route's policies.
     pub body_hmac: Option<BodyHmac>,
@@ -106,6 +104,10 @@ pub struct Pool {
     pub scheme: String,
     /// `host:port` targets.
     pub targets: Vec<String>,
+    /// Budget for a connection.
+    pub connect_timeout_ms: u64,
+    /// Budget for the response head (a route's `timeout_ms` overrides it).
+    pub response_timeout_ms: u64,
 }
 
 /// One rate limit: the node's GCRA definition.

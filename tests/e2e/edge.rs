@@ -193,6 +193,15 @@ facts = {{ residency-class = "public" }}
 [routes.body_hmac]
 secret_file = "webhook.key"
 
+# The library's `/slow/<ms>` answers late; this route waits 500 ms for a head.
+[[routes]]
+name = "slow"
+path = "/slow"
+pools = ["library"]
+chain = ["residency"]
+facts = {{ residency-class = "public" }}
+timeout_ms = 500
+
 [[routes]]
 name = "public"
 path = "/public"
@@ -289,6 +298,7 @@ fn table() -> Vec<Row> {
         row("a webhook with a wrong signature", "POST", "/webhooks/lab", &[("content-type", "application/json"), ("x-hub-signature-256", &webhook_signature(b"something else"))]),
         row("a signed webhook", "POST", "/webhooks/lab", &[("content-type", "application/json"), ("x-hub-signature-256", &webhook_signature(&webhook))]),
         row("a request head over 64 KiB", "GET", "/public/leaflet", &[("x-padding", &"p".repeat(70 * 1024))]),
+        row("an upstream slower than the route's timeout: 504", "GET", "/slow/3000", &[]),
     ];
     let mut post = row("an EU patient's upload", "POST", "/api/records/1", &[("authorization", &good), ("content-type", "application/json")]);
     post.body = br#"{"pulse":72}"#.to_vec();
@@ -432,6 +442,7 @@ async fn the_same_requests_get_the_same_answers_at_the_edge_as_on_the_node() {
         ("an unsigned webhook", 401),
         ("a signed webhook", 200),
         ("a request head over 64 KiB", 431),
+        ("an upstream slower than the route's timeout: 504", 504),
         ("an EU patient's upload", 200),
     ];
     for (what, status) in expected {

@@ -55,7 +55,7 @@ fn the_plan_of_dev_toml_carries_its_routes_pools_and_router_table() {
         json!({"chain": [], "pools": ["learning-library"], "narrowed_by": null, "body_limit": 16777216, "websocket": false, "timeout_ms": null, "body_hmac": null})
     );
     assert_eq!(p["pools"].as_object().unwrap().len(), 7);
-    assert_eq!(p["pools"]["clinical-monitor"], json!({"region": "fsn1", "scheme": "http", "targets": ["127.0.0.1:7102"]}));
+    assert_eq!(p["pools"]["clinical-monitor"], json!({"region": "fsn1", "scheme": "http", "targets": ["127.0.0.1:7102"], "connect_timeout_ms": 2000, "response_timeout_ms": 30000}));
     assert_eq!(p["limits"], json!({}));
     assert_eq!(p["issuers"], json!({}));
     assert_eq!(p["trusted_proxies"], json!([]));
@@ -151,7 +151,7 @@ fn the_plan_of_procare_carries_crates_overrides_limits_issuers_and_the_body_hmac
     assert_eq!(p["routes"]["whatsapp-webhook"]["body_hmac"], json!({"key_hex": hex::encode(WEBHOOK_KEY), "max_bytes": 1024 * 1024}));
     assert_eq!(p["routes"]["clinical"]["body_hmac"], json!(null));
 
-    assert_eq!(p["pools"]["clinical-monitor-ash"], json!({"region": "ash", "scheme": "http", "targets": ["10.8.1.21:8000", "10.8.1.22:8000"]}));
+    assert_eq!(p["pools"]["clinical-monitor-ash"], json!({"region": "ash", "scheme": "http", "targets": ["10.8.1.21:8000", "10.8.1.22:8000"], "connect_timeout_ms": 2000, "response_timeout_ms": 10000}));
     assert_eq!(p["limits"]["per-ip"], json!({"interval_ns": 100_000_000u64, "burst": 20, "quota": 10, "policy": "\"per-ip\";q=10;w=1;burst=20"}));
     assert_eq!(p["limits"]["per-user"], json!({"interval_ns": 60_000_000u64, "burst": 1000, "quota": 1000, "policy": "\"per-user\";q=1000;w=60"}));
     assert_eq!(p["limits"]["notify-daily"], json!({"interval_ns": 17_280_000_000_000u64, "burst": 5, "quota": 5, "policy": "\"notify-daily\";q=5;w=86400"}));

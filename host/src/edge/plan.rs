@@ -106,6 +106,10 @@ pub struct PlanPool {
     pub scheme: String,
     /// `host:port` of each target.
     pub targets: Vec<String>,
+    /// Budget for a connection (`connect_timeout_ms`).
+    pub connect_timeout_ms: u64,
+    /// Budget for the response head (`response_timeout_ms`; a route's `timeout_ms` overrides it).
+    pub response_timeout_ms: u64,
 }
 
 /// A limit's GCRA, the node's own definition.
@@ -183,7 +187,13 @@ pub fn of(snap: &Snapshot) -> Plan {
     let pools = snap
         .pools
         .iter()
-        .map(|(name, p)| (name.clone(), PlanPool { region: p.region.clone(), scheme: p.scheme.to_string(), targets: p.targets.iter().map(|t| t.address.clone()).collect() }))
+        .map(|(name, p)| (name.clone(), PlanPool {
+                    region: p.region.clone(),
+                    scheme: p.scheme.to_string(),
+                    targets: p.targets.iter().map(|t| t.address.clone()).collect(),
+                    connect_timeout_ms: p.config.connect_timeout_ms,
+                    response_timeout_ms: p.config.response_timeout_ms,
+                }))
         .collect();
     let limits = snap
         .services
