@@ -43,17 +43,14 @@ fn new_id() -> String {
     format!("{a:016x}{:016x}", h.finish())
 }
 
-/// The head, or the gateway's answer when it is refused before any policy runs.
-pub fn read(request: IncomingRequest, plan: &Plan) -> Result<(RequestHead, Body), (Failure, String)> {
+/// The head, or the gateway's answer when it is refused before any policy
+/// runs (with what is known of the head, for the audit record).
+pub fn read(request: IncomingRequest, plan: &Plan) -> Result<(RequestHead, Body), (Failure, RequestHead)> {
     let id = request_id(&request);
     let mut headers: Vec<(String, Vec<u8>)> = request.headers().entries().into_iter().map(|(n, v)| (n.to_ascii_lowercase(), v)).collect();
     let path_with_query = request.path_with_query().unwrap_or_else(|| "/".into());
     let method = method_name(&request.method());
     let size = method.len() + path_with_query.len() + 12 + headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>();
-    if size as u64 > plan.max_request_head {
-        let failure = Failure { status: 431, slug: "request-head-too-large".into(), detail: format!("The request head exceeds {} bytes.", plan.max_request_head) };
-        return Err((failure, id));
-    }
     let (path, query) = match path_with_query.split_once('?') {
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (path_with_query.clone(), None),
@@ -63,6 +60,12 @@ pub fn read(request: IncomingRequest, plan: &Plan) -> Result<(RequestHead, Body)
     let peer: Option<std::net::IpAddr> = header(&headers, SPIN_CLIENT_ADDR).and_then(|a| a.parse::<std::net::SocketAddr>().map(|s| s.ip()).ok().or_else(|| a.parse().ok()));
     let peer = peer.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let (client_ip, peer_trusted) = client_ip(plan, peer, &headers);
+    if size as u64 > plan.max_request_head {
+        let failure = Failure { status: 431, slug: "request-head-too-large".into(), detail: format!("The request head exceeds {} bytes.", plan.max_request_head) };
+        // No policy sees it; the record names what was asked, nothing more.
+        let head = RequestHead { id, method, scheme: "http".into(), authority, path, query: None, headers: Vec::new(), client_ip: client_ip.to_string(), listener: "edge".into(), route: None, facts: Vec::new() };
+        return Err((failure, head));
+    }
     let scheme = match (request.scheme(), header(&headers, "x-forwarded-proto")) {
         (Some(Scheme::Https), _) => "https".to_string(),
         (_, Some(p)) if peer_trusted && (p == "https" || p == "http") => p,

@@ -38,45 +38,17 @@ async fn handle(request: IncomingRequest, out: ResponseOutparam) {
     };
 
     // Listen stage: the head as policies see it, and its checks.
-    let (head, mut body) = match head::read(request, &services.plan) {
-        Ok(h) => h,
-        Err((failure, id)) => {
-            respond::send_problem(out, &failure, &id).await;
-            return;
-        }
+    let (head, mut body, refused) = match head::read(request, &services.plan) {
+        Ok((head, body)) => (head, Some(body), None),
+        Err((failure, head)) => (head, None, Some(failure)),
     };
     let mut record = audit::Record::start(&head, &services.plan);
     let mut run = Run::new(head);
 
-    // Chain stage.
-    let end = run.run(&services, &mut body).await;
-    record.route = run.route.clone();
-
-    let answer = match end {
-        End::Respond { policy, reply } => respond::Answer::reply(reply, format!("policy:{policy}")),
-        End::Failed(failure) => respond::Answer::problem(&failure, &run.head.id),
-        End::Proceed => {
-            let route = &services.plan.routes[run.route.as_ref().expect("a chain proceeds only with a route")];
-            // Route stage, then forward stage.
-            match forward::pools(&services.plan, route, &run.head.facts).and_then(|pools| forward::check_declared_length(&run.head, route).map(|()| pools)) {
-                Err(failure) => respond::Answer::problem(&failure, &run.head.id),
-                Ok(pools) => {
-                    let forwarded = forward::forward(&services.plan, &pools, route, &run.head, body).await;
-                    match forwarded {
-                        Ok(up) => {
-                            record.upstream = Some(up.upstream.clone());
-                            record.region = up.region.clone();
-                            record.bytes_in = up.bytes_in;
-                            respond::Answer::upstream(up)
-                        }
-                        Err((failure, bytes_in)) => {
-                            record.bytes_in = bytes_in;
-                            respond::Answer::problem(&failure, &run.head.id)
-                        }
-                    }
-                }
-            }
-        }
+    let answer = match (refused, body.as_mut()) {
+        (Some(failure), _) => respond::Answer::problem(&failure, &run.head.id),
+        (None, Some(body)) => pass(&services, &mut run, &mut record, body).await,
+        (None, None) => unreachable!("a head that was read has a body"),
     };
 
     // Respond stage.
@@ -89,6 +61,38 @@ async fn handle(request: IncomingRequest, out: ResponseOutparam) {
     record.verdicts = run.verdicts_with_skipped(&services.plan);
     record.policies = std::mem::take(&mut run.audit);
     audit::deliver(&record).await;
+}
+
+/// Chain, route and forward stages: the answer for a head that was read.
+async fn pass(services: &Services, run: &mut Run, record: &mut audit::Record, body: &mut head::Body) -> respond::Answer {
+    // Chain stage.
+    let end = run.run(services, body).await;
+    record.route = run.route.clone();
+    match end {
+        End::Respond { policy, reply } => respond::Answer::reply(reply, format!("policy:{policy}")),
+        End::Failed(failure) => respond::Answer::problem(&failure, &run.head.id),
+        End::Proceed => {
+            let route = &services.plan.routes[run.route.as_ref().expect("a chain proceeds only with a route")];
+            // Route stage, then forward stage.
+            let pools = match forward::pools(&services.plan, route, &run.head.facts).and_then(|pools| forward::check_declared_length(&run.head, route).map(|()| pools)) {
+                Ok(pools) => pools,
+                Err(failure) => return respond::Answer::problem(&failure, &run.head.id),
+            };
+            let body = std::mem::replace(body, head::Body::Read(Vec::new()));
+            match forward::forward(&services.plan, &pools, route, &run.head, body).await {
+                Ok(up) => {
+                    record.upstream = Some(up.upstream.clone());
+                    record.region = up.region.clone();
+                    record.bytes_in = up.bytes_in;
+                    respond::Answer::upstream(up)
+                }
+                Err((failure, bytes_in)) => {
+                    record.bytes_in = bytes_in;
+                    respond::Answer::problem(&failure, &run.head.id)
+                }
+            }
+        }
+    }
 }
 
 /// The plan and the secrets, from Spin variables.

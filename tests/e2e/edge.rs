@@ -451,13 +451,20 @@ async fn the_same_requests_get_the_same_answers_at_the_edge_as_on_the_node() {
     }
 
     // The edge's audit records reached the node's log through the collector.
-    let ok = eventually(Duration::from_secs(20), || node.audit_records().iter().any(|r| r["origin"] == "edge" && r["id"] == "edge-table-12")).await;
-    assert!(ok, "no edge record for edge-table-12 in the node's log");
-    let record = node.audit_records().into_iter().find(|r| r["origin"] == "edge" && r["id"] == "edge-table-12").unwrap();
+    let eu = format!("edge-table-{}", rows.iter().position(|r| r.what == "an EU patient reaches the EU pool only").unwrap());
+    let ok = eventually(Duration::from_secs(20), || node.audit_records().iter().any(|r| r["origin"] == "edge" && r["id"] == eu.as_str())).await;
+    assert!(ok, "no edge record for {eu} in the node's log");
+    let record = node.audit_records().into_iter().find(|r| r["origin"] == "edge" && r["id"] == eu.as_str()).unwrap();
     assert_eq!(record["route"], "records");
     assert_eq!(record["status"], 200);
     assert_eq!(record["region"], "fsn1");
     assert!(!record.to_string().contains(&SECRET.iter().map(|&b| b as char).collect::<String>()));
+    // A request refused before any policy ran is recorded too (as on the node).
+    let id = format!("edge-table-{}", rows.iter().position(|r| r.what == "a request head over 64 KiB").unwrap());
+    let ok = eventually(Duration::from_secs(20), || node.audit_records().iter().any(|r| r["origin"] == "edge" && r["id"] == id.as_str())).await;
+    assert!(ok, "no edge record for the 431 ({id})");
+    let refused = node.audit_records().into_iter().find(|r| r["origin"] == "edge" && r["id"] == id.as_str()).unwrap();
+    assert_eq!((refused["status"].as_u64(), refused["error"].as_str(), refused["source"].as_str()), (Some(431), Some("request-head-too-large"), Some("gateway")));
 }
 
 #[tokio::test]

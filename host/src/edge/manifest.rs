@@ -148,8 +148,8 @@ mod tests {
             policies: BTreeMap::new(),
             routes: BTreeMap::new(),
             pools: BTreeMap::from([
-                ("a".to_string(), PlanPool { region: None, scheme: "https".into(), targets: vec!["svc.internal:8443".into(), "10.0.0.1:8443".into()] }),
-                ("b".to_string(), PlanPool { region: Some("fsn1".into()), scheme: "http".into(), targets: vec!["10.0.0.1:8443".into(), "[::1]:8000".into()] }),
+                ("a".to_string(), PlanPool { region: None, scheme: "https".into(), targets: vec!["svc.internal:8443".into(), "10.0.0.1:8443".into()], connect_timeout_ms: 1000, response_timeout_ms: 30000 }),
+                ("b".to_string(), PlanPool { region: Some("fsn1".into()), scheme: "http".into(), targets: vec!["10.0.0.1:8443".into(), "[::1]:8000".into()], connect_timeout_ms: 1000, response_timeout_ms: 30000 }),
             ]),
             limits: BTreeMap::new(),
             issuers: BTreeMap::from([
