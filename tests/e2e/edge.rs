@@ -643,3 +643,23 @@ chain = ["jwt"]
     assert_problem(&get(&cold.url("/library/book"), &[("authorization", &bearer)]).await, 503);
     assert_eq!(library.requests.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn a_streamed_body_over_the_routes_limit_is_413_and_never_reaches_the_upstream_whole() {
+    let world = World::start().await;
+    let config = world.config();
+    let dir = node_dir(&config);
+    let plan = edge_plan(&dir.path().join("gateway.toml"));
+    let node = Gateway::start_in(dir, &config);
+    let edge = EdgeRuntime::start(edge_wasm(), edge_options(&world, plan, None)).await;
+    let good = token("patient-eu-1", "EU", "procare-api", 300, SECRET);
+    for base in [node.url(""), edge.url("")] {
+        // No content-length: the limit (1 KiB on this route) is found while streaming.
+        let req = http::Request::post(format!("{base}/api/records/1")).header("authorization", good.as_str()).body(generated_body(256 * 1024)).unwrap();
+        let answer = send(&client(), req).await;
+        assert_problem(&answer, 413);
+    }
+    // Whatever reached the EU upstream was never taken as a whole request.
+    assert!(world.records_fsn1.requests().is_empty(), "{:?}", world.records_fsn1.requests());
+    assert!(edge.failures().is_empty(), "{:?}", edge.failures());
+}
