@@ -257,8 +257,10 @@ fn declares(hooks: HookSet, hook: HookSet) -> bool {
 
 /// A policy's reply, checked as the node checks it.
 fn check_reply(reply: &Reply) -> Result<(), String> {
-    if !(200..=599).contains(&reply.status) {
-        return Err(format!("reply status {} must be 200..=599", reply.status));
+    // As the node: an HTTP status, and not 1xx (a policy cannot switch protocols).
+    match http::StatusCode::from_u16(reply.status) {
+        Ok(s) if !s.is_informational() => {}
+        _ => return Err(format!("reply status {} is not an HTTP status, or is informational (1xx)", reply.status)),
     }
     if reply.body.len() > 64 * 1024 {
         return Err(format!("reply body of {} bytes exceeds 64 KiB", reply.body.len()));
@@ -269,15 +271,11 @@ fn check_reply(reply: &Reply) -> Result<(), String> {
     Ok(())
 }
 
-/// A header name is a token; a value has no control bytes but tab (RFC 9110).
+/// A header as the node checks it (`respond::header_pair`): the `http`
+/// crate's rules for names and values.
 pub fn check_header(name: &str, value: &[u8]) -> Result<(), String> {
-    let token = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !token {
-        return Err(format!("invalid header name {name:?}"));
-    }
-    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-        return Err(format!("invalid value for header {name:?}"));
-    }
+    http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
+    http::HeaderValue::from_bytes(value).map_err(|_| format!("invalid value for header {name:?}"))?;
     Ok(())
 }
 

@@ -21,7 +21,7 @@ pub fn pools(plan: &Plan, route: &Route, facts: &[(String, String)]) -> Result<V
     {
         return Err(Failure::contract(policy));
     }
-    let narrowing: Vec<Vec<String>> = facts.iter().filter(|(k, _)| k.ends_with(".pools")).map(|(_, v)| decode_list(v)).collect();
+    let narrowing: Vec<Vec<String>> = facts.iter().filter(|(k, _)| k.ends_with(".pools")).map(|(_, v)| portcullis_sdk::list::decode(v)).collect();
     let order = narrowing.last().map_or(route.pools.as_slice(), Vec::as_slice);
     let mut names: Vec<String> = Vec::new();
     for p in order {
@@ -33,14 +33,6 @@ pub fn pools(plan: &Plan, route: &Route, facts: &[(String, String)]) -> Result<V
         return Err(Failure { status: 503, slug: "no-healthy-upstream".into(), detail: "No upstream may serve this request.".into() });
     }
     Ok(names)
-}
-
-/// The contract's list encoding: `,` between items, `%2C` and `%25` inside.
-fn decode_list(v: &str) -> Vec<String> {
-    if v.is_empty() {
-        return Vec::new();
-    }
-    v.split(',').map(|item| item.replace("%2C", ",").replace("%25", "%")).collect()
 }
 
 /// 413 before anything is forwarded when the declared length is too large.
@@ -302,12 +294,6 @@ mod tests {
         // The residency policy must decide: without its fact nothing is forwarded.
         let undecided = pools(&plan, route, &facts(&[("route.pools", "us,eu")])).unwrap_err();
         assert_eq!((undecided.status, undecided.slug.as_str()), (500, "policy-contract"));
-    }
-
-    #[test]
-    fn list_items_decode_commas_and_percents() {
-        assert_eq!(decode_list("a%2Cb,c%25"), ["a,b", "c%"]);
-        assert!(decode_list("").is_empty());
     }
 
     #[test]

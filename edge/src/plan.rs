@@ -34,7 +34,7 @@ pub struct Plan {
     pub issuers: BTreeMap<String, Issuer>,
     /// Peers whose `X-Forwarded-For` is believed.
     #[serde(default)]
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Largest request head, bytes.
     pub max_request_head: u64,
 }

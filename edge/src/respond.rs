@@ -42,7 +42,7 @@ impl Answer {
 fn problem_parts(failure: &Failure, request_id: &str) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
     let body = serde_json::json!({
         "type": format!("urn:portcullis:problem:{}", failure.slug),
-        "title": title(failure.status),
+        "title": http::StatusCode::from_u16(failure.status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error"),
         "status": failure.status,
         "detail": failure.detail,
         "request_id": request_id,
@@ -53,21 +53,6 @@ fn problem_parts(failure: &Failure, request_id: &str) -> (Vec<(String, Vec<u8>)>
         headers.push(("retry-after".into(), b"1".to_vec()));
     }
     (headers, serde_json::to_vec(&body).expect("json values serialize"))
-}
-
-fn title(status: u16) -> &'static str {
-    match status {
-        400 => "Bad Request",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        413 => "Payload Too Large",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Error",
-    }
 }
 
 /// A problem, sent before any policy ran (no chain, no record).

@@ -75,9 +75,10 @@ impl Backend for PolicyCall<'_> {
 
     fn audit(&self, fields: &[(String, String)]) {
         let mut audit = self.audit.borrow_mut();
+        let mut used: usize = audit.iter().map(|(k, v)| k.len() + v.len()).sum();
         for (k, v) in fields {
-            let used: usize = audit.iter().map(|(k, v)| k.len() + v.len()).sum();
-            if audit.len() >= MAX_AUDIT_FIELDS || used + k.len() + v.len() > MAX_AUDIT_BYTES {
+            used += k.len() + v.len();
+            if audit.len() >= MAX_AUDIT_FIELDS || used > MAX_AUDIT_BYTES {
                 eprintln!("{}: audit fields over the per-call limit dropped", self.policy);
                 return;
             }
