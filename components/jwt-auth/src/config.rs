@@ -1,5 +1,5 @@
 //! The policy's settings, parsed from the flattened keys the host gives
-//! (`host.settings("")`, route overrides already merged). Every problem is a
+//! (`portcullis_sdk::settings("")`, route overrides already merged). Every problem is a
 //! `check-config` error naming the key; the request path parses the same way
 //! and fails closed on an error.
 
@@ -209,7 +209,7 @@ fn optional_header(key: &str, v: Option<&str>, default: &str) -> Result<Option<S
 }
 
 impl Config {
-    /// Parse the flattened settings (`host.settings("")`).
+    /// Parse the flattened settings (`portcullis_sdk::settings("")`).
     pub fn parse(settings: &[(String, String)]) -> Result<Config, String> {
         let mut top: BTreeMap<&str, &str> = BTreeMap::new();
         let mut claim_headers = Vec::new();

@@ -1,5 +1,5 @@
 //! The policy's settings, parsed from the flattened pairs the host gives
-//! (`host.settings("")`), as a pure function so it is tested natively.
+//! (`portcullis_sdk::settings("")`), as a pure function so it is tested natively.
 //!
 //! Two kinds of setting:
 //!
@@ -182,7 +182,7 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// Parse `pairs` (`host.settings("")`). Every problem names the setting.
+/// Parse `pairs` (`portcullis_sdk::settings("")`). Every problem names the setting.
 pub fn parse(pairs_in: &[(String, String)]) -> Result<Config<'_>, String> {
     let mut c = Config {
         namespace: "",

@@ -21,9 +21,9 @@ use crate::{Completion, HookSet, JwksError, Level, Policy, RateError, RateOutcom
 
 /// The `host` and `io` interfaces for one hook call of one policy.
 pub trait Backend {
-    /// `host.setting`: the route's override, else the policy's setting.
+    /// `setting`: the route's override, else the policy's setting.
     fn setting(&self, key: &str) -> Option<String>;
-    /// `host.settings`: every setting under `prefix`, overrides merged in.
+    /// `settings`: every setting under `prefix`, overrides merged in.
     fn settings(&self, prefix: &str) -> Vec<(String, String)>;
     /// `host.audit`: fields for this request's record, under the policy's name.
     fn audit(&self, fields: &[(String, String)]);
@@ -76,11 +76,11 @@ pub mod host {
     use alloc::string::String;
     use alloc::vec::Vec;
 
-    /// `host.setting`.
+    /// `setting` (on the node it comes packed with each call).
     pub fn setting(key: &str) -> Option<String> {
         with(|b| b.setting(key))
     }
-    /// `host.settings`.
+    /// `settings`.
     pub fn settings(prefix: &str) -> Vec<(String, String)> {
         with(|b| b.settings(prefix))
     }

@@ -35,6 +35,7 @@ use alloc::vec::Vec;
 pub mod heap;
 pub mod json;
 pub mod list;
+pub mod packed;
 #[cfg(feature = "settings")]
 pub mod settings;
 
@@ -49,6 +50,8 @@ pub mod bindings {
         pub_export_macro: true,
         default_bindings_module: "portcullis_sdk::bindings",
         export_macro_name: "export",
+        // `request-head` is what `packed-head` encodes; no function takes it.
+        generate_unused_types: true,
     });
 }
 
@@ -57,10 +60,11 @@ pub mod bindings {
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        inline: "package portcullis:embedded; world policy-types { import portcullis:gateway/types@0.1.0; }",
+        inline: "package portcullis:embedded; world policy-types { import portcullis:gateway/types@0.2.0; }",
         path: "../../wit",
         world: "portcullis:embedded/policy-types",
         generate_all,
+        generate_unused_types: true,
     });
 }
 
@@ -75,13 +79,14 @@ pub use bindings::portcullis::gateway::types::{
 /// The hooks a policy declares (the WIT's `hook-set`).
 pub type Hooks = HookSet;
 
-/// What the host offers, answered from memory (`host` interface).
+/// What the host offers, answered from memory (`host` interface; the
+/// settings come with each call, see [`packed`]).
 #[cfg(not(feature = "embedded"))]
 pub mod host {
     pub use crate::bindings::portcullis::gateway::host::{
-        audit, limit_policy, log, now_ms, pseudonym, setting, settings, verified_token_cached,
-        verified_token_put,
+        audit, limit_policy, log, now_ms, pseudonym, verified_token_cached, verified_token_put,
     };
+    pub use crate::packed::host::{setting, settings};
 }
 
 /// What the host offers that may wait on the network (`io` interface).
@@ -155,24 +160,29 @@ pub trait Policy {
 #[cfg(not(feature = "embedded"))]
 impl<T: Policy> bindings::exports::portcullis::gateway::policy::Guest for T {
     #[inline]
-    fn hooks() -> Hooks {
+    fn hooks(settings: Vec<u8>) -> Hooks {
+        packed::set_call_settings(settings);
         <T as Policy>::hooks()
     }
     #[inline]
-    fn check_config() -> Result<(), String> {
+    fn check_config(settings: Vec<u8>) -> Result<(), String> {
+        packed::set_call_settings(settings);
         <T as Policy>::check_config()
     }
     #[inline]
-    fn on_request(req: RequestHead) -> Verdict {
-        <T as Policy>::on_request(req)
+    fn on_request(settings: Vec<u8>, req: Vec<u8>) -> Verdict {
+        packed::set_call_settings(settings);
+        <T as Policy>::on_request(packed::decode_head(&req))
     }
     #[inline]
-    fn on_response(req: RequestHead, resp: ResponseHead) -> ResponseEdits {
-        <T as Policy>::on_response(req, resp)
+    fn on_response(settings: Vec<u8>, req: Vec<u8>, resp: ResponseHead) -> ResponseEdits {
+        packed::set_call_settings(settings);
+        <T as Policy>::on_response(packed::decode_head(&req), resp)
     }
     #[inline]
-    fn on_complete(req: RequestHead, done: Completion) {
-        <T as Policy>::on_complete(req, done)
+    fn on_complete(settings: Vec<u8>, req: Vec<u8>, done: Completion) {
+        packed::set_call_settings(settings);
+        <T as Policy>::on_complete(packed::decode_head(&req), done)
     }
 }
 

@@ -1,5 +1,5 @@
 //! The policy's settings: parsed (and checked) from the flattened pairs the
-//! host gives (`host.settings("")`, route overrides already merged), as a
+//! host gives (`portcullis_sdk::settings("")`, route overrides already merged), as a
 //! pure function so it is tested natively.
 
 use alloc::borrow::Cow;
@@ -202,7 +202,7 @@ fn header_value(key: &str, v: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parse `pairs` (`host.settings("")`); every problem is an error naming the
+/// Parse `pairs` (`portcullis_sdk::settings("")`); every problem is an error naming the
 /// setting.
 pub fn parse(pairs: &[(String, String)]) -> Result<Config<'_>, String> {
     let mut c = Config::default();

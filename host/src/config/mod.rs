@@ -495,7 +495,7 @@ impl Pool {
 pub struct PolicyDef {
     /// A `.wasm` component path (relative to the config file) or `builtin:<name>`.
     pub component: Spanned<String>,
-    /// The policy's settings, readable through `host.setting`.
+    /// The policy's settings, packed into every call (`packed-settings`).
     #[serde(default)]
     pub settings: toml::Table,
     /// Largest linear memory of one instance of this policy (`[runtime] policy_memory` when absent; at most that).

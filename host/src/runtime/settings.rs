@@ -1,5 +1,5 @@
 //! Policy settings: TOML tables flattened to dotted keys with string values,
-//! the shape `host.setting` and `host.settings` answer from.
+//! the shape packed into each call (`packed-settings`) and read with the SDK's `setting`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -116,30 +116,6 @@ impl ResourceLimiter for MemoryCap {
 impl types::Host for PolicyState {}
 
 impl host::Host for PolicyState {
-    fn setting(&mut self, key: String) -> Option<String> {
-        if let Some(o) = &self.overrides
-            && let Some(v) = o.get(&key)
-        {
-            return Some(v.clone());
-        }
-        self.settings.get(&key).cloned()
-    }
-
-    fn settings(&mut self, prefix: String) -> Vec<(String, String)> {
-        let mut merged: std::collections::BTreeMap<&str, &str> = self
-            .settings
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        if let Some(o) = &self.overrides {
-            for (k, v) in o.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)) {
-                merged.insert(k, v);
-            }
-        }
-        merged.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
-
     fn audit(&mut self, fields: Vec<(String, String)>) {
         for (k, v) in fields {
             let size = k.len() + v.len();
