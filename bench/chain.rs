@@ -169,6 +169,15 @@ async fn run(iterations: u32) {
         snap.runtime.instantiate_only(&snap.router.policy.module, state()).unwrap();
     }
     println!("| (floor) Store::new + instantiate router + drop, no call | {:.2} |", start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations));
+    // wasmtime's own floor on this machine: the least a component with a
+    // memory can be (one core instance, one 64 KiB page, nothing else).
+    let empty = wat::parse_str(r#"(component (core module $m (memory (export "memory") 1)) (core instance (instantiate $m)))"#).unwrap();
+    let pre = snap.runtime.bare(&empty).unwrap();
+    let start = Instant::now();
+    for _ in 0..iterations {
+        snap.runtime.instantiate_bare(&pre, state()).unwrap();
+    }
+    println!("| (floor) Store::new + instantiate + drop of an empty component (one core instance, one page) | {:.2} |", start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations));
     // The whole chain as the request path runs it: router, then the route's policies in order.
     let start = Instant::now();
     for _ in 0..iterations {

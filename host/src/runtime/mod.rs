@@ -282,6 +282,21 @@ impl Runtime {
         Ok(())
     }
 
+    /// Compile a component that need not be a policy (no exports looked
+    /// up, no imports allowed), for the benchmark's floor rows.
+    #[doc(hidden)]
+    pub fn bare(&self, bytes: &[u8]) -> wasmtime::Result<InstancePre<PolicyState>> {
+        self.linker.instantiate_pre(&Component::new(&self.engine, bytes)?)
+    }
+
+    /// Instantiate and drop a [`Runtime::bare`] component.
+    #[doc(hidden)]
+    pub fn instantiate_bare(&self, pre: &InstancePre<PolicyState>, state: PolicyState) -> wasmtime::Result<()> {
+        let mut store = self.store(state);
+        pre.instantiate(&mut store)?;
+        Ok(())
+    }
+
     /// Store::new and drop alone.
     #[doc(hidden)]
     pub fn store_only(&self, state: PolicyState) {
