@@ -404,7 +404,7 @@ mod tests {
     use alloc::string::ToString;
     use alloc::vec;
 
-    fn head() -> RequestHead {
+    pub(crate) fn head() -> RequestHead {
         RequestHead {
             id: "r1".to_string(),
             method: "GET".to_string(),

@@ -161,6 +161,11 @@ impl Runtime {
         // One line per error: wasmparser's messages can span several.
         let invalid = |reason: String| LoadError::Invalid { what: what.to_string(), reason: reason.split_whitespace().collect::<Vec<_>>().join(" ") };
         let (component, digest) = self.cache.load(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+        // A policy built for contract 0.1.0 would fail the linker on its
+        // imports; say why instead.
+        if Exports::find(&component).is_none() && component.get_export_index(None, "portcullis:gateway/policy@0.1.0").is_some() {
+            return Err(invalid("exports portcullis:gateway/policy@0.1.0; this gateway speaks contract 0.2.0 (packed head and settings): rebuild the policy with the current SDK".into()));
+        }
         let mut imports_wasi = false;
         for (name, _) in component.component_type().imports(&self.engine) {
             if name.starts_with("wasi:") {
@@ -188,13 +193,7 @@ impl Runtime {
         } else {
             bindings::sync::PolicyComponentPre::new(instance_pre.clone()).map_err(|e| invalid(format!("{e:#}")))?;
         }
-        let exports = Exports::find(&component).ok_or_else(|| {
-            invalid(if component.get_export_index(None, "portcullis:gateway/policy@0.1.0").is_some() {
-                "exports portcullis:gateway/policy@0.1.0; this gateway speaks contract 0.2.0 (packed head and settings): rebuild the policy with the current SDK".into()
-            } else {
-                "does not export portcullis:gateway/policy@0.2.0".into()
-            })
-        })?;
+        let exports = Exports::find(&component).ok_or_else(|| invalid("does not export portcullis:gateway/policy@0.2.0".into()))?;
         let fingerprint = hex::decode(&digest).ok().and_then(|d| d.try_into().ok()).unwrap_or([0; 32]);
         Ok(PolicyModule { digest, fingerprint, pre: instance_pre, exports, is_async: imports_io })
     }
@@ -417,5 +416,34 @@ pub mod hooks {
     ) -> (Result<(), PolicyFailure>, Vec<(String, String)>) {
         let (settings, head) = (settings_of(&st), packed::head(head));
         rt.call::<(&[u8], &[u8], &types::Completion), ()>(m, st, Export::OnComplete, (&settings, &head, done)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> Arc<Runtime> {
+        let limits = RuntimeLimits { deadline: Duration::from_millis(100), memory_cap: 1 << 20, max_instances: 2 };
+        Runtime::new(&limits, ComponentCache::new(None)).unwrap()
+    }
+
+    /// A component built for contract 0.1.0 is refused with the reason, not
+    /// with a missing-import error from the linker.
+    #[test]
+    fn a_policy_for_contract_0_1_0_is_refused_naming_the_contract() {
+        let old = wat::parse_str(
+            r#"(component
+                (core module $m (func (export "hooks")))
+                (core instance $i (instantiate $m))
+                (type $t (func))
+                (func $hooks (type $t) (canon lift (core func $i "hooks")))
+                (instance $policy (export "hooks" (func $hooks)))
+                (export "portcullis:gateway/policy@0.1.0" (instance $policy)))"#,
+        )
+        .unwrap();
+        let Err(e) = runtime().load("old.wasm", &old) else { panic!("a 0.1.0 policy loaded") };
+        let e = e.to_string();
+        assert!(e.contains("exports portcullis:gateway/policy@0.1.0") && e.contains("contract 0.2.0") && e.contains("rebuild"), "{e}");
     }
 }
