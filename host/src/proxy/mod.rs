@@ -59,7 +59,10 @@ pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>) ->
     let in_flight = crate::metrics::InFlight::start();
     let place = conn.gates.request();
     let admitted = place.is_some();
-    let response = handle_request(gw, conn, req, admitted).await;
+    // Boxed: the request's state machine is several KiB, and hyper and
+    // tokio move the future they hold; a box is allocated once and never
+    // copied (perf showed ~9 % of a proxied request in memmove before).
+    let response = Box::pin(handle_request(gw, conn, req, admitted)).await;
     in_flight.hand_over(); // `complete` counts it out when the body has ended
     match place {
         // The request stays in flight until its response body has ended.
