@@ -147,8 +147,11 @@ async fn rejected_reloads_keep_the_old_chain_serving() {
 
     let metrics = String::from_utf8(gw.admin("GET", "/metrics", None).await.body.to_vec()).unwrap();
     assert!(metrics.contains("portcullis_reloads_total{result=\"rejected\"} 3"), "{metrics}");
-    // Each attempt is in the audit log.
-    let events: Vec<_> = gw.audit_records().into_iter().filter(|r| r["event"] == "reload").collect();
+    // Each attempt is in the audit log (the plain log's writer gathers for
+    // a few milliseconds before it writes, so wait for it, bounded).
+    let reloads = || gw.audit_records().into_iter().filter(|r| r["event"] == "reload").collect::<Vec<_>>();
+    assert!(eventually(Duration::from_secs(5), || reloads().len() >= 3).await, "{:?}", reloads());
+    let events = reloads();
     assert_eq!(events.len(), 3);
     assert!(events.iter().all(|e| e["result"] == "rejected"));
 }

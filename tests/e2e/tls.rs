@@ -321,7 +321,7 @@ async fn renewed_certificate_is_served_without_restart_and_a_bad_one_is_refused(
     }
     assert!(served_new, "the renewed certificate is served within 10 s, without a restart");
     assert!(https_get(s.gw.addr, "b.test", config.clone(), "/").await.leaf == s.b.der, "other names are untouched");
-    assert!(s.gw.audit_records().iter().any(|r| r["event"] == "tls-reload" && r["result"] == "ok"));
+    assert!(eventually(Duration::from_secs(5), || s.gw.audit_records().iter().any(|r| r["event"] == "tls-reload" && r["result"] == "ok")).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
