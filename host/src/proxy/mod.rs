@@ -76,7 +76,7 @@ async fn handle_request(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
 
-    let request_id = incoming_request_id(&parts.headers).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let request_id = incoming_request_id(&parts.headers).unwrap_or_else(|| new_request_id());
     let authority = authority(&parts);
     let (client_ip, peer_trusted) = client_ip(&snap, &conn, &parts.headers);
     let scheme = match parts.headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) {
@@ -320,6 +320,13 @@ fn slug_class(err: &GatewayError) -> String {
         GatewayError::Policy(f) => f.class.to_string(),
         other => other.slug(),
     }
+}
+
+/// A fresh request id: a UUIDv4 in its 32-hex-digit form, from the thread's
+/// CSPRNG (`rand`'s ChaCha, reseeded from the OS) rather than a `getrandom`
+/// syscall per request as `Uuid::new_v4` makes.
+fn new_request_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid().simple().to_string()
 }
 
 /// After the response body ended: `on-complete` hooks, then the audit record.

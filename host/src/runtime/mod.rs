@@ -109,6 +109,15 @@ pub struct RuntimeLimits {
     pub max_instances: u32,
 }
 
+/// How much of an instance's linear memory is reset by memset (kept
+/// resident) rather than given back with madvise. It covers the std guests'
+/// initial memory (jwt-auth: a 256 KiB stack, data and dlmalloc's heap, 384
+/// KiB): given back, each page it touches faulted in again on every request,
+/// ~19 µs of a proxied request (perf, full chain under wrk). With it, the full
+/// chain's CPU per request fell 17 % (bench/run's config, A/B of two builds);
+/// the SDK guests, one 64 KiB page, are unaffected.
+const KEEP_RESIDENT: usize = 512 * 1024;
+
 impl Runtime {
     /// Build the engine (pooling allocator, epoch interruption) and start the epoch ticker.
     pub fn new(limits: &RuntimeLimits, cache: ComponentCache) -> anyhow::Result<Arc<Runtime>> {
@@ -123,12 +132,12 @@ impl Runtime {
             .max_memories_per_module(1)
             .max_tables_per_module(1)
             .max_memory_size(limits.memory_cap)
-            // Reset by memset of the first page instead of madvise: guests built
-            // with the SDK live in their first 64 KiB. Not with the PAGEMAP_SCAN
-            // ioctl (reset only dirty pages): on these VMs the syscall costs
-            // more than memsetting the whole 64 KiB (a fresh router measured
-            // 13.3 µs with it, 11.1 µs without; bench/chain.rs, best of 7).
-            .linear_memory_keep_resident(64 * 1024)
+            // Reset by memset instead of madvise, up to KEEP_RESIDENT of each
+            // memory (never more than the memory's size: an SDK guest's one
+            // 64 KiB page is all it costs). Not with the PAGEMAP_SCAN ioctl
+            // (reset only dirty pages): on these VMs the syscall costs more
+            // than the memset (~3.8 µs per instance in the real proxy).
+            .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(4 * 1024)
             .async_stack_keep_resident(16 * 1024)
             .pagemap_scan(Enabled::No);
