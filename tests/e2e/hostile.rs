@@ -12,6 +12,7 @@ async fn policy_gateway(up: &Upstream) -> Gateway {
         ("grower", "grow", ""),
         ("trapper", "trap", ""),
         ("rememberer", "remember", ""),
+        ("rememberer-both", "remember", "response-header = \"x-both\""),
         ("hijacker", "bad-fact", ""),
         ("first", "facts", "namespace = \"first\""),
         ("second", "facts", "namespace = \"second\""),
@@ -26,6 +27,7 @@ async fn policy_gateway(up: &Upstream) -> Gateway {
         ("grow", "grower"),
         ("trap", "trapper"),
         ("remember", "rememberer"),
+        ("both", "rememberer-both"),
         ("hijack", "hijacker"),
         ("facts", "first\", \"second"),
         ("short", "stamp\", \"teapot\", \"trapper"),
@@ -71,6 +73,37 @@ async fn a_policy_instance_keeps_nothing_between_requests() {
         let a = get(&gw.url(&format!("/remember/patient-{i}")), &[]).await;
         assert_eq!(a.status, 200);
         assert_eq!(a.header("x-previous-path"), Some("none"), "request {i} saw a path left by an earlier request");
+    }
+}
+
+/// A policy with an `on-response` may get it in the instance its
+/// `on-request` used (one instantiation per request, not two), but an
+/// instance never serves two requests: under concurrency each request sees
+/// its own path or none, never another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_response_shares_the_request_s_instance_and_no_other() {
+    let up = Upstream::start("up").await;
+    let gw = policy_gateway(&up).await;
+    // One at a time the kept budget is never spent: on-response runs in the
+    // instance of the same request's on-request.
+    for i in 0..3 {
+        let a = get(&gw.url(&format!("/both/one-{i}")), &[]).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("x-previous-path"), Some("none"), "request {i}: on-request saw an earlier request's path");
+        assert_eq!(a.header("x-remembered-on-response"), Some(format!("/both/one-{i}").as_str()), "request {i}: on-response ran in another instance");
+    }
+    // Many at once: their on-request and on-response calls interleave.
+    let answers = futures_util::future::join_all((0..40).map(|i| {
+        let url = gw.url(&format!("/both/many-{i}"));
+        async move { (i, get(&url, &[]).await) }
+    }))
+    .await;
+    for (i, a) in answers {
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("x-previous-path"), Some("none"), "request {i}");
+        let own = format!("/both/many-{i}");
+        let seen = a.header("x-remembered-on-response").unwrap_or("missing").to_string();
+        assert!(seen == own || seen == "none", "request {i} saw {seen:?} in on-response, another request's path");
     }
 }
 

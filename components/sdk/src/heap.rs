@@ -1,6 +1,7 @@
 //! The guest allocator: a bump allocator over a fixed static arena.
 //!
-//! Every hook call runs in a fresh instance, so nothing lives long: a bump
+//! Every request runs in a fresh instance (at most its `on-request` and
+//! `on-response` share one), so nothing lives long: a bump
 //! pointer that never frees (except the most recent allocation, which makes
 //! `Vec` / `String` growth free) is both the fastest and the smallest
 //! allocator. The 32 KiB arena lives in `.bss`, inside the module's initial
@@ -151,8 +152,8 @@ mod wasm {
 
     struct Global<T>(UnsafeCell<T>);
 
-    // SAFETY: wasm32 guests are single-threaded and every hook call runs in
-    // a fresh instance; the allocator is never re-entered.
+    // SAFETY: wasm32 guests are single-threaded and never re-entered: the
+    // host calls one hook at a time in an instance.
     unsafe impl Sync for Arena {}
     unsafe impl<T> Sync for Global<T> {}
 

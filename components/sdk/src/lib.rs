@@ -129,8 +129,9 @@ pub fn setting_error_got(key: &str, reason: &str, value: &str) -> String {
 /// A policy. Only [`Policy::on_request`] is required; the host calls
 /// `on_response` / `on_complete` only when [`Policy::hooks`] declares them.
 ///
-/// Every call runs in a fresh instance: statics never carry anything from
-/// one call to the next.
+/// Every request runs in a fresh instance: statics never carry anything from
+/// one request to the next. `on_response` may or may not run in the
+/// instance of the same request's `on_request`; depend on neither.
 pub trait Policy {
     /// The optional hooks this policy implements. May read settings.
     fn hooks() -> Hooks {

@@ -10,7 +10,10 @@
 //!   response header `x-worked: 1` (per-policy memory and deadline limits).
 //! * `remember`: keeps the request path in a global and proceeds with
 //!   response header `x-previous-path` = the path kept by an earlier call, or
-//!   `none`. Each call runs in a fresh instance, so it must always be `none`.
+//!   `none`. Each request runs in a fresh instance, so it must always be
+//!   `none`. With setting `response-header`, its `on-response` also sets
+//!   `x-remembered-on-response` to the path the instance holds: the request's
+//!   own when the host kept the instance of its `on-request`, else `none`.
 //! * `fail-check`: `check-config` always fails.
 //! * `header`: response header named by setting `name` = setting `value`,
 //!   and upstream request header `x-test-policy: <value>`.
@@ -108,6 +111,14 @@ struct Global<T>(Cell<T>);
 unsafe impl<T> Sync for Global<T> {}
 
 static PREVIOUS_PATH: Global<Option<String>> = Global(Cell::new(None));
+
+/// The path the `remember` step kept in this instance (or `none`).
+fn kept_path() -> String {
+    let kept = PREVIOUS_PATH.0.take();
+    let shown = kept.clone().unwrap_or_else(|| String::from("none"));
+    PREVIOUS_PATH.0.set(kept);
+    shown
+}
 
 /// The `remember` step: the previously kept path (or `none`), keeping `path`.
 fn remember(path: &str) -> String {
@@ -244,9 +255,16 @@ impl Policy for TestPolicy {
     }
 
     fn on_response(_req: RequestHead, _resp: ResponseHead) -> ResponseEdits {
-        match setting("response-header") {
+        let edits = match setting("response-header") {
             Some(name) => ResponseEdits::new().set_header(name, "1"),
             None => ResponseEdits::new(),
+        };
+        // What the global holds now: this request's own path when on-response
+        // runs in the instance its on-request used, `none` in a fresh one,
+        // never another request's.
+        match setting("mode").as_deref() {
+            Some("remember") => edits.set_header("x-remembered-on-response", kept_path()),
+            _ => edits,
         }
     }
 }

@@ -1,13 +1,14 @@
 //! Chain stage: the request head crosses into the policies, router first,
 //! then the route's chain in order. Each `on-request` runs in a fresh
-//! instance; its edits are applied (and its facts checked against its
+//! instance (kept for the same request's `on-response`, if the policy has
+//! one); its edits are applied (and its facts checked against its
 //! namespace) before the next policy sees the head.
 
 use super::respond::{header_pair, reply_to_response};
 use crate::body::ProxyBody;
 use crate::error::GatewayError;
 use crate::runtime::bindings::types::{self, Verdict};
-use crate::runtime::{FailureClass, PolicyFailure, hooks};
+use crate::runtime::{FailureClass, Kept, PolicyFailure, hooks};
 use crate::snapshot::{Link, RouteEntry, Snapshot};
 use http::{HeaderMap, Response};
 use std::collections::BTreeMap;
@@ -47,6 +48,8 @@ pub struct ChainRun {
     pub audit: BTreeMap<String, BTreeMap<String, String>>,
     /// Response headers requested with `proceed`.
     pub response_headers: Vec<types::Header>,
+    /// By position in `ran`: the instance kept for that policy's `on-response`.
+    pub kept: Vec<Option<Kept>>,
 }
 
 /// How the chain ended.
@@ -67,7 +70,7 @@ pub enum ChainEnd {
 impl ChainRun {
     /// A run over a fresh head.
     pub fn new(head: types::RequestHead, headers: HeaderMap) -> ChainRun {
-        ChainRun { head, headers, ran: Vec::new(), verdicts: Vec::new(), audit: BTreeMap::new(), response_headers: Vec::new() }
+        ChainRun { head, headers, ran: Vec::new(), verdicts: Vec::new(), audit: BTreeMap::new(), response_headers: Vec::new(), kept: Vec::new() }
     }
 
     /// Add policy audit fields to the record.
@@ -115,9 +118,14 @@ async fn step(snap: &Snapshot, route: Option<&RouteEntry>, which: LinkRef, run: 
     let link = which.get(snap, route);
     let policy = &link.policy;
     let state = link.state(&run.head.id, snap);
-    let (verdict, audit) = hooks::on_request(&snap.runtime, &policy.module, state, &run.head).await;
+    // A policy with an `on-response` keeps its instance for it: one
+    // instantiation per request instead of two.
+    let mut kept = None;
+    let slot = link.hooks.contains(types::HookSet::ON_RESPONSE).then_some(&mut kept);
+    let (verdict, audit) = hooks::on_request_in(&snap.runtime, &policy.module, state, &run.head, slot).await;
     run.add_audit(&policy.name, audit);
     run.ran.push(which);
+    run.kept.push(kept);
     let verdict = match verdict {
         Ok(v) => v,
         Err(failure) => {

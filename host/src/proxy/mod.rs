@@ -244,14 +244,15 @@ async fn finish(
     let route = route_name.as_ref().and_then(|n| snap.routes.get(n));
     let _ = respond::set_headers(response.headers_mut(), &run.response_headers);
     // on-response, in reverse order of on-request, for policies that declare it.
-    for which in run.ran.clone().into_iter().rev() {
+    for (i, which) in run.ran.clone().into_iter().enumerate().rev() {
         let link = which.get(snap, route);
         if !link.hooks.contains(types::HookSet::ON_RESPONSE) {
             continue;
         }
         let resp_head = respond::response_head(response.status(), response.headers(), &source);
         let state = link.state(&record.id, snap);
-        let (edits, audit) = hooks::on_response(&snap.runtime, &link.policy.module, state, &run.head, &resp_head).await;
+        let kept = run.kept.get_mut(i).and_then(Option::take);
+        let (edits, audit) = hooks::on_response_in(&snap.runtime, &link.policy.module, state, &run.head, &resp_head, kept).await;
         run.add_audit(&link.policy.name, audit);
         let result = edits.map_err(GatewayError::from).and_then(|e| {
             respond::apply_response_edits(response.headers_mut(), &e).map_err(|why| {
@@ -273,6 +274,8 @@ async fn finish(
             break;
         }
     }
+    // No instance outlives the response head (the body may stream for hours).
+    run.kept.clear();
     response.headers_mut().insert(X_REQUEST_ID, HeaderValue::from_str(&record.id).expect("validated or generated id"));
 
     record.status = response.status().as_u16();

@@ -1,5 +1,6 @@
 //! The chain runtime: policy components compiled once, instantiated fresh
-//! for every hook call of every request, under a deadline and a memory cap.
+//! for every request (a policy's `on-response` may reuse its `on-request`
+//! instance of the same request, [`Kept`]), under a deadline and a memory cap.
 //!
 //! ```text
 //! load:    bytes ─► cache (sha256 + engine) ─► Component ─► InstancePre
@@ -96,6 +97,31 @@ pub struct Runtime {
     deadline_ticks: u64,
     deadline: Duration,
     memory_cap: usize,
+    /// Instances kept for a later hook of the same request ([`Kept`]).
+    kept: Arc<std::sync::atomic::AtomicU32>,
+    /// At most this many kept at once: the rest of the pool stays for calls.
+    max_kept: u32,
+}
+
+/// A policy's instance kept after its `on-request` for its `on-response`
+/// in the same request, which then needs no instantiation of its own. Never
+/// handed to another request: it lives in that request's chain run and is
+/// dropped after `on-response` (or with the request). Holding one ties up a
+/// pool slot across the upstream round trip, so at most half the pool is
+/// kept at a time; past that, `on-response` gets a fresh instance as before.
+pub struct Kept {
+    store: Store<PolicyState>,
+    instance: wasmtime::component::Instance,
+    _place: KeptPlace,
+}
+
+/// A place in the kept budget, given back when dropped.
+struct KeptPlace(Arc<std::sync::atomic::AtomicU32>);
+
+impl Drop for KeptPlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Sizing of the runtime, from the `[runtime]` config section.
@@ -162,7 +188,16 @@ impl Runtime {
         })?;
 
         let deadline_ticks = (limits.deadline.as_millis() as u64 / EPOCH_TICK.as_millis() as u64).max(1);
-        Ok(Arc::new(Runtime { engine, linker, cache, deadline_ticks, deadline: limits.deadline, memory_cap: limits.memory_cap }))
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            cache,
+            deadline_ticks,
+            deadline: limits.deadline,
+            memory_cap: limits.memory_cap,
+            kept: Arc::new(std::sync::atomic::AtomicU32::new(0)),
+            max_kept: n / 2,
+        }))
     }
 
     /// Compile (or load from the cache) a component and prepare it for instantiation.
@@ -233,17 +268,41 @@ impl Runtime {
         P: ComponentNamedList + Lower + Send + Sync,
         R: ComponentNamedList + Lift + Send + Sync + 'static,
     {
+        self.call_in(module, state, export, params, None).await
+    }
+
+    /// [`Runtime::call`] with a slot for the request's [`Kept`] instance:
+    /// one in the slot is called instead of a fresh one (its state, from the
+    /// same request's earlier hook, stands; `state` is dropped) and taken
+    /// out; after a call that succeeded, the instance is left in the slot
+    /// when the kept budget allows. A failed instance is never kept.
+    pub async fn call_in<P, R>(&self, module: &PolicyModule, state: PolicyState, export: Export, params: P, slot: Option<&mut Option<Kept>>) -> (Result<R, PolicyFailure>, Vec<(String, String)>)
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        R: ComponentNamedList + Lift + Send + Sync + 'static,
+    {
         let policy = state.policy.to_string();
         let mut state = state;
         state.component = module.fingerprint;
-        let (deadline, _) = self.deadline_of(&state);
+        let (deadline, ticks) = self.deadline_of(&state);
         let memory_cap = state.memory.cap;
-        let mut store = self.store(state);
+        let mut slot = slot;
+        let (mut store, mut instance, place) = match slot.as_mut().and_then(|s| s.take()) {
+            Some(Kept { mut store, instance, _place }) => {
+                store.set_epoch_deadline(ticks);
+                (store, Some(instance), Some(_place))
+            }
+            None => (self.store(state), None, None),
+        };
         let index = module.exports.get(export);
         let result = if module.is_async {
             let run = async {
-                let instance = module.pre.instantiate_async(&mut store).await?;
-                let func = instance.get_func(&mut store, index).ok_or_else(|| wasmtime::format_err!("export {export:?} missing"))?;
+                let inst = match instance {
+                    Some(i) => i,
+                    None => module.pre.instantiate_async(&mut store).await?,
+                };
+                instance = Some(inst);
+                let func = inst.get_func(&mut store, index).ok_or_else(|| wasmtime::format_err!("export {export:?} missing"))?;
                 // SAFETY: the signature was checked against the contract at load (`PolicyComponentPre::new`).
                 let typed = unsafe { TypedFunc::<P, R>::new_unchecked(func) };
                 typed.call_async(&mut store, params).await
@@ -251,8 +310,12 @@ impl Runtime {
             tokio::time::timeout(deadline, run).await
         } else {
             let run = || {
-                let instance = module.pre.instantiate(&mut store)?;
-                let func = instance.get_func(&mut store, index).ok_or_else(|| wasmtime::format_err!("export {export:?} missing"))?;
+                let inst = match instance {
+                    Some(i) => i,
+                    None => module.pre.instantiate(&mut store)?,
+                };
+                instance = Some(inst);
+                let func = inst.get_func(&mut store, index).ok_or_else(|| wasmtime::format_err!("export {export:?} missing"))?;
                 // SAFETY: the signature was checked against the contract at load (`PolicyComponentPre::new`).
                 let typed = unsafe { TypedFunc::<P, R>::new_unchecked(func) };
                 typed.call(&mut store, params)
@@ -278,7 +341,20 @@ impl Runtime {
             }
         };
         let audit = std::mem::take(&mut store.data_mut().audit);
+        // Kept only after a call that succeeded: a trapped instance is never entered again.
+        if let (Some(slot), true, Some(instance)) = (slot, result.is_ok(), instance)
+            && let Some(place) = place.or_else(|| self.kept_place())
+        {
+            *slot = Some(Kept { store, instance, _place: place });
+        }
         (result, audit)
+    }
+
+    /// A place in the kept budget, or `None` when it is spent.
+    fn kept_place(&self) -> Option<KeptPlace> {
+        use std::sync::atomic::Ordering;
+        let place = KeptPlace(self.kept.clone());
+        (self.kept.fetch_add(1, Ordering::Relaxed) < self.max_kept).then_some(place)
     }
 
     /// Instantiate and drop without calling anything: the floor under every
@@ -397,8 +473,14 @@ pub mod hooks {
 
     /// `on-request(head)`.
     pub async fn on_request(rt: &Runtime, m: &PolicyModule, st: PolicyState, head: &types::RequestHead) -> (Result<types::Verdict, PolicyFailure>, Vec<(String, String)>) {
+        on_request_in(rt, m, st, head, None).await
+    }
+
+    /// `on-request(head)`, leaving the instance in `slot` for the request's
+    /// `on-response` when the kept budget allows ([`Runtime::call_in`]).
+    pub async fn on_request_in(rt: &Runtime, m: &PolicyModule, st: PolicyState, head: &types::RequestHead, slot: Option<&mut Option<Kept>>) -> (Result<types::Verdict, PolicyFailure>, Vec<(String, String)>) {
         let (settings, head) = (settings_of(&st), packed::head(head));
-        let (r, audit) = rt.call::<(&[u8], &[u8]), (types::Verdict,)>(m, st, Export::OnRequest, (&settings, &head)).await;
+        let (r, audit) = rt.call_in::<(&[u8], &[u8]), (types::Verdict,)>(m, st, Export::OnRequest, (&settings, &head), slot).await;
         (r.map(|r| r.0), audit)
     }
 
@@ -410,8 +492,24 @@ pub mod hooks {
         head: &types::RequestHead,
         resp: &types::ResponseHead,
     ) -> (Result<types::ResponseEdits, PolicyFailure>, Vec<(String, String)>) {
+        on_response_in(rt, m, st, head, resp, None).await
+    }
+
+    /// `on-response(head, response)` in the instance `kept` from the same
+    /// request's `on-request`, if any (else a fresh one); it is not kept again.
+    pub async fn on_response_in(
+        rt: &Runtime,
+        m: &PolicyModule,
+        st: PolicyState,
+        head: &types::RequestHead,
+        resp: &types::ResponseHead,
+        kept: Option<Kept>,
+    ) -> (Result<types::ResponseEdits, PolicyFailure>, Vec<(String, String)>) {
         let (settings, head) = (settings_of(&st), packed::head(head));
-        let (r, audit) = rt.call::<(&[u8], &[u8], &types::ResponseHead), (types::ResponseEdits,)>(m, st, Export::OnResponse, (&settings, &head, resp)).await;
+        let mut slot = kept;
+        let (r, audit) = rt
+            .call_in::<(&[u8], &[u8], &types::ResponseHead), (types::ResponseEdits,)>(m, st, Export::OnResponse, (&settings, &head, resp), slot.is_some().then_some(&mut slot))
+            .await;
         (r.map(|r| r.0), audit)
     }
 
@@ -435,6 +533,57 @@ mod tests {
     fn runtime() -> Arc<Runtime> {
         let limits = RuntimeLimits { deadline: Duration::from_millis(100), memory_cap: 1 << 20, max_instances: 2 };
         Runtime::new(&limits, ComponentCache::new(None)).unwrap()
+    }
+
+    fn test_policy(rt: &Runtime, mode: &str) -> (PolicyModule, impl Fn() -> PolicyState) {
+        let module = rt.load("test-policy", &std::fs::read(env!("PORTCULLIS_TEST_POLICY_WASM")).unwrap()).unwrap();
+        let settings: Settings = Arc::new([("mode".to_string(), mode.to_string()), ("response-header".to_string(), "x-r".to_string())].into());
+        let services = Arc::new(Services::new(None));
+        (module, move || PolicyState::new("p".into(), "req".into(), settings.clone(), None, 1 << 20, services.clone()))
+    }
+
+    fn head(path: &str) -> types::RequestHead {
+        types::RequestHead {
+            id: "req".into(),
+            method: "GET".into(),
+            scheme: "http".into(),
+            authority: "a".into(),
+            path: path.into(),
+            query: None,
+            headers: vec![],
+            client_ip: "127.0.0.1".into(),
+            listener: "l".into(),
+            route: None,
+            facts: vec![],
+        }
+    }
+
+    /// An instance is kept only within the budget (half the pool), is given
+    /// back to the budget when dropped, and is never kept after a failure.
+    #[tokio::test]
+    async fn kept_instances_stay_within_the_budget_and_failures_are_never_kept() {
+        let rt = Runtime::new(&RuntimeLimits { deadline: Duration::from_millis(100), memory_cap: 1 << 20, max_instances: 4 }, ComponentCache::new(None)).unwrap();
+        let (remember, state) = test_policy(&rt, "remember");
+        let (mut a, mut b, mut c) = (None, None, None);
+        assert!(hooks::on_request_in(&rt, &remember, state(), &head("/a"), Some(&mut a)).await.0.is_ok());
+        assert!(hooks::on_request_in(&rt, &remember, state(), &head("/b"), Some(&mut b)).await.0.is_ok());
+        assert!(hooks::on_request_in(&rt, &remember, state(), &head("/c"), Some(&mut c)).await.0.is_ok());
+        assert!(a.is_some() && b.is_some(), "two of four instances may be kept");
+        assert!(c.is_none(), "the third is over the budget and dropped");
+        // The kept instance answers on-response with its own request's path.
+        let resp = types::ResponseHead { status: 200, headers: vec![], source: "upstream".into() };
+        let edits = hooks::on_response_in(&rt, &remember, state(), &head("/a"), &resp, a.take()).await.0.unwrap();
+        assert!(edits.set_headers.iter().any(|h| h.name == "x-remembered-on-response" && h.value == b"/a"), "{:?}", edits.set_headers);
+        // Its place is back: a new one can be kept.
+        assert!(hooks::on_request_in(&rt, &remember, state(), &head("/d"), Some(&mut c)).await.0.is_ok());
+        assert!(c.is_some());
+        drop((b, c));
+
+        let (trapper, state) = test_policy(&rt, "trap");
+        let mut t = None;
+        assert!(hooks::on_request_in(&rt, &trapper, state(), &head("/t"), Some(&mut t)).await.0.is_err());
+        assert!(t.is_none(), "a trapped instance is never kept");
+        assert_eq!(rt.kept.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 
     /// A component built for contract 0.1.0 is refused with the reason, not
