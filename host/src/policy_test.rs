@@ -440,7 +440,7 @@ async fn run_file(file: &Path, runtime: &Arc<Runtime>, services: &Arc<Services>)
                         headers: r.headers.iter().map(|(k, v)| types::Header { name: k.to_ascii_lowercase(), value: v.as_bytes().to_vec() }).collect(),
                         source: r.source.clone(),
                     };
-                    let (edits, more) = hooks::on_response(runtime, ut.module.get(), state_for(&mocks), &later, &resp).await;
+                    let (edits, more) = hooks::on_response_in(runtime, ut.module.get(), state_for(&mocks), &later, &resp, None).await;
                     audit.extend(more);
                     match edits {
                         Ok(e) => compare_response(&mut diffs, case.expect.on_response.as_ref(), &e),

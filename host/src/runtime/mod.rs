@@ -484,17 +484,6 @@ pub mod hooks {
         (r.map(|r| r.0), audit)
     }
 
-    /// `on-response(head, response)`.
-    pub async fn on_response(
-        rt: &Runtime,
-        m: &PolicyModule,
-        st: PolicyState,
-        head: &types::RequestHead,
-        resp: &types::ResponseHead,
-    ) -> (Result<types::ResponseEdits, PolicyFailure>, Vec<(String, String)>) {
-        on_response_in(rt, m, st, head, resp, None).await
-    }
-
     /// `on-response(head, response)` in the instance `kept` from the same
     /// request's `on-request`, if any (else a fresh one); it is not kept again.
     pub async fn on_response_in(
