@@ -20,6 +20,7 @@
 //! | `portcullis_rate_limit_keys` | gauge | `limit` | keys held by each limit's local store, read at scrape time |
 //! | `portcullis_token_cache_lookups_total` | counter | `policy`, `result` (`hit`, `miss`) | each `host.verified-token-cached` of a policy with a cache (`crate::token_cache`) |
 //! | `portcullis_token_cache_entries` | gauge | `policy` | entries in each policy's verified-token cache |
+//! | `portcullis_policy_instances_kept` | gauge | | policy instances held from a request's `on-request` for its `on-response` (`runtime::Kept`), read at scrape time |
 //! | `portcullis_collector_records_total` | counter | `outcome` (`appended`, `unauthorized`, `malformed`, `too-large`, `unsupported-media-type`, `method-not-allowed`, `unavailable`) | each request to the audit collector (`crate::audit::collector`) |
 //! | `portcullis_connections_refused_total` | counter | `listener`, `reason` (`max-connections`) | connections refused before any request was read (no request, so no audit record) |
 //!
@@ -71,6 +72,7 @@ pub struct Metrics {
     pub rate_limit_redis_errors: prometheus::IntCounter,
     rate_limit_redis_up: IntGaugeVec,
     rate_limit_keys: IntGaugeVec,
+    policy_instances_kept: IntGaugeVec,
     /// Serialises scrapes (the scrape-time metrics are reset and refilled).
     scrape: Mutex<()>,
 }
@@ -126,6 +128,11 @@ impl Metrics {
             rate_limit_redis_errors,
             rate_limit_redis_up: gauge("portcullis_rate_limit_redis_up", "1 when the last shared-limit call reached Redis, else 0.", &[]),
             rate_limit_keys: gauge("portcullis_rate_limit_keys", "Keys held by each limit's local store.", &["limit"]),
+            policy_instances_kept: gauge(
+                "portcullis_policy_instances_kept",
+                "Policy instances held from a request's on-request for its on-response (at most half the instance pool).",
+                &[],
+            ),
             outcomes: counter("portcullis_request_outcomes_total", "Requests by how their response ended: ok, client-abort, upstream-error.", &["outcome"]),
             gateway_errors: counter("portcullis_gateway_errors_total", "Answers the gateway itself gave, by problem type.", &["error"]),
             verdicts: counter("portcullis_policy_verdicts_total", "Each policy's verdict per request: proceed, respond:<status>, failed:<class>, skipped.", &["policy", "verdict"]),
@@ -186,6 +193,7 @@ impl Metrics {
         for limit in limits.iter() {
             self.rate_limit_keys.with_label_values(&[limit.name.as_str()]).set(limit.keys() as i64);
         }
+        self.policy_instances_kept.with_label_values(&[] as &[&str]).set(i64::from(snapshot.runtime.kept_now()));
         let mut out = Vec::with_capacity(8 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!("cannot encode metrics: {e}");

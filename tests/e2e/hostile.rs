@@ -7,6 +7,7 @@ use std::time::Duration;
 async fn policy_gateway(up: &Upstream) -> Gateway {
     let mut config = config_head();
     config.push_str("[runtime]\npolicy_deadline_ms = 200\npolicy_memory = \"2MiB\"\n");
+    config.push_str("[admin]\naddress = \"127.0.0.1:0\"\n");
     for (name, mode, extra) in [
         ("looper", "loop", ""),
         ("grower", "grow", ""),
@@ -105,6 +106,9 @@ async fn on_response_shares_the_request_s_instance_and_no_other() {
         let seen = a.header("x-remembered-on-response").unwrap_or("missing").to_string();
         assert!(seen == own || seen == "none", "request {i} saw {seen:?} in on-response, another request's path");
     }
+    // Every instance kept for an on-response was given back.
+    let text = String::from_utf8(gw.admin("GET", "/metrics", None).await.body.to_vec()).unwrap();
+    assert!(text.lines().any(|l| l == "portcullis_policy_instances_kept 0"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

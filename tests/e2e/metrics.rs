@@ -124,4 +124,6 @@ async fn counts_move_with_requests() {
     assert_eq!(sample(&text, r#"portcullis_reloads_total{result="ok"}"#), Some(0.0), "{text}");
     assert!(text.contains("# TYPE http_request_duration_seconds histogram"), "{text}");
     assert!(text.lines().any(|l| l.starts_with("portcullis_chain_info{version=")), "{text}");
+    // Every answer has been sent: no instance is held for an on-response.
+    assert_eq!(sample(&text, "portcullis_policy_instances_kept"), Some(0.0), "{text}");
 }

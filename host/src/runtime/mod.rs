@@ -350,6 +350,11 @@ impl Runtime {
         (result, audit)
     }
 
+    /// Instances kept for a later hook right now.
+    pub fn kept_now(&self) -> u32 {
+        self.kept.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A place in the kept budget, or `None` when it is spent.
     fn kept_place(&self) -> Option<KeptPlace> {
         use std::sync::atomic::Ordering;
