@@ -27,13 +27,16 @@ pub use settings::Settings;
 pub use state::PolicyState;
 
 use bindings::types;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use wasmtime::component::{Component, ComponentExportIndex, ComponentNamedList, HasSelf, InstancePre, Lift, Linker, Lower, TypedFunc};
 use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 /// Epoch ticks are this long; deadlines are counted in them.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// The ticker parks after this many ticks in which no policy call started.
+const IDLE_AFTER_TICKS: u32 = 100;
 
 /// Why a policy call failed. Each class is a distinct status and audit value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,6 +104,46 @@ pub struct Runtime {
     kept: Arc<std::sync::atomic::AtomicU32>,
     /// At most this many kept at once: the rest of the pool stays for calls.
     max_kept: u32,
+    clock: Arc<EpochClock>,
+}
+
+/// The epoch ticker's state. Deadlines count epoch ticks, so they need the
+/// ticker only while a policy call runs: an idle gateway does not wake a
+/// thousand times a second for nothing (it measured 0.7 % of a core and
+/// ~1,000 context switches a second at rest).
+struct EpochClock {
+    /// Policy calls running now (including those waiting on `io`).
+    in_flight: AtomicU32,
+    /// Policy calls started so far: under load the ticker never parks
+    /// (parking between two calls would cost each call a wake-up).
+    started: AtomicU64,
+    /// The ticker is (about to be) parked.
+    idle: AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+/// One running policy call: it keeps the ticker ticking until dropped.
+struct Running<'a>(&'a EpochClock);
+
+impl<'a> Running<'a> {
+    fn start(clock: &'a EpochClock) -> Running<'a> {
+        // SeqCst on both sides: either the ticker sees this call before it
+        // parks, or this sees it idle and unparks it (park then returns).
+        clock.started.fetch_add(1, Ordering::Relaxed);
+        clock.in_flight.fetch_add(1, Ordering::SeqCst);
+        if clock.idle.load(Ordering::SeqCst)
+            && let Some(t) = clock.thread.get()
+        {
+            t.unpark();
+        }
+        Running(clock)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A policy's instance kept after its `on-request` for its `on-response`
@@ -178,14 +221,38 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         bindings::PolicyComponent::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(anyhow::Error::from)?;
 
+        let clock = Arc::new(EpochClock { in_flight: AtomicU32::new(0), started: AtomicU64::new(0), idle: AtomicBool::new(false), thread: OnceLock::new() });
         let ticker = engine.weak();
-        std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
-            while let Some(engine) = ticker.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
+        let ticking = clock.clone();
+        let thread = std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
+            let (mut seen, mut quiet) = (0u64, 0u32);
+            loop {
+                let started = ticking.started.load(Ordering::SeqCst);
+                quiet = if started == seen { quiet.saturating_add(1) } else { 0 };
+                seen = started;
+                if quiet >= IDLE_AFTER_TICKS && ticking.in_flight.load(Ordering::SeqCst) == 0 {
+                    // Nothing started for a while and nothing runs: sleep
+                    // until a call starts (it unparks this thread), waking
+                    // once a second to notice a dropped engine. A call's
+                    // first tick comes a full EPOCH_TICK after it started,
+                    // as when always ticking.
+                    ticking.idle.store(true, Ordering::SeqCst);
+                    if ticking.in_flight.load(Ordering::SeqCst) == 0 {
+                        std::thread::park_timeout(Duration::from_secs(1));
+                    }
+                    ticking.idle.store(false, Ordering::SeqCst);
+                    if ticker.upgrade().is_none() {
+                        break;
+                    }
+                    quiet = 0;
+                    continue;
+                }
                 std::thread::sleep(EPOCH_TICK);
+                let Some(engine) = ticker.upgrade() else { break };
+                engine.increment_epoch();
             }
         })?;
+        let _ = clock.thread.set(thread.thread().clone());
 
         let deadline_ticks = (limits.deadline.as_millis() as u64 / EPOCH_TICK.as_millis() as u64).max(1);
         Ok(Arc::new(Runtime {
@@ -197,6 +264,7 @@ impl Runtime {
             memory_cap: limits.memory_cap,
             kept: Arc::new(std::sync::atomic::AtomicU32::new(0)),
             max_kept: n / 2,
+            clock,
         }))
     }
 
@@ -281,6 +349,7 @@ impl Runtime {
         P: ComponentNamedList + Lower + Send + Sync,
         R: ComponentNamedList + Lift + Send + Sync + 'static,
     {
+        let _running = Running::start(&self.clock);
         let policy = state.policy.to_string();
         let mut state = state;
         state.component = module.fingerprint;
@@ -578,6 +647,32 @@ mod tests {
         assert!(hooks::on_request_in(&rt, &trapper, state(), &head("/t"), Some(&mut t)).await.0.is_err());
         assert!(t.is_none(), "a trapped instance is never kept");
         assert_eq!(rt.kept.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
+    /// The ticker parks when no call has started for a while; a call that
+    /// starts then wakes it, so a policy that never returns still meets its
+    /// deadline (fail closed), and the ticker parks again afterwards.
+    #[tokio::test]
+    async fn a_deadline_fires_after_the_epoch_ticker_went_idle() {
+        let rt = runtime();
+        let (looper, state) = test_policy(&rt, "loop");
+        let parked = |rt: &Runtime| rt.clock.idle.load(Ordering::SeqCst);
+        let wait_for_park = async |rt: &Runtime| {
+            for _ in 0..300 {
+                if parked(rt) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        };
+        assert!(wait_for_park(&rt).await, "the ticker did not park within 3 s of the last call");
+        let started = std::time::Instant::now();
+        let (result, _) = hooks::on_request_in(&rt, &looper, state(), &head("/loop"), None).await;
+        assert_eq!(result.unwrap_err().class, FailureClass::Deadline);
+        // The 100 ms deadline, not the parked ticker's once-a-second wake-up.
+        assert!(started.elapsed() < Duration::from_millis(900), "the call ran {:?}: the ticker was not woken", started.elapsed());
+        assert!(wait_for_park(&rt).await, "the ticker did not park again");
     }
 
     /// A component built for contract 0.1.0 is refused with the reason, not
