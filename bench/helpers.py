@@ -244,7 +244,7 @@ def cmd_report(work, out):
         w(f"- {line}")
     w("")
     if meta.get("missing"):
-        w("Not yet in the Portcullis chain (their issues have not landed): " + ", ".join(meta["missing"]) + ".")
+        w("Not in this bench's Portcullis chain: " + ", ".join(meta["missing"]) + ". The audit log is on in every Portcullis config (the host writes it; it is not a policy).")
         w("")
     w("## Other figures (Portcullis, full chain)")
     w("")
