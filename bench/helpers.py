@@ -49,7 +49,7 @@ def cmd_jwt(out, issuer, audience):
         json.dump(jwks, f)
     now = int(time.time())
     header = {"alg": "RS256", "typ": "JWT", "kid": kid}
-    claims = {"iss": issuer, "aud": audience, "sub": "doctor-7", "roles": ["doctor"], "iat": now, "nbf": now - 60, "exp": now + 86400}
+    claims = {"iss": issuer, "aud": audience, "sub": "doctor-7", "roles": ["doctor"], "residency": "EU", "iat": now, "nbf": now - 60, "exp": now + 86400}
     signing_input = b64url(json.dumps(header, separators=(",", ":")).encode()) + "." + b64url(json.dumps(claims, separators=(",", ":")).encode())
     sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=signing_input.encode(), check=True, capture_output=True).stdout
     print(signing_input + "." + b64url(sig))
