@@ -76,7 +76,7 @@ async fn handle_request(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
 
-    let request_id = incoming_request_id(&parts.headers).unwrap_or_else(|| new_request_id());
+    let request_id = incoming_request_id(&parts.headers).unwrap_or_else(new_request_id);
     let authority = authority(&parts);
     let (client_ip, peer_trusted) = client_ip(&snap, &conn, &parts.headers);
     let scheme = match parts.headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) {

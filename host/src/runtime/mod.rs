@@ -101,7 +101,7 @@ pub struct Runtime {
     deadline: Duration,
     memory_cap: usize,
     /// Instances kept for a later hook of the same request ([`Kept`]).
-    kept: Arc<std::sync::atomic::AtomicU32>,
+    kept: Arc<AtomicU32>,
     /// At most this many kept at once: the rest of the pool stays for calls.
     max_kept: u32,
     clock: Arc<EpochClock>,
@@ -159,11 +159,11 @@ pub struct Kept {
 }
 
 /// A place in the kept budget, given back when dropped.
-struct KeptPlace(Arc<std::sync::atomic::AtomicU32>);
+struct KeptPlace(Arc<AtomicU32>);
 
 impl Drop for KeptPlace {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -262,7 +262,7 @@ impl Runtime {
             deadline_ticks,
             deadline: limits.deadline,
             memory_cap: limits.memory_cap,
-            kept: Arc::new(std::sync::atomic::AtomicU32::new(0)),
+            kept: Arc::new(AtomicU32::new(0)),
             max_kept: n / 2,
             clock,
         }))
@@ -336,15 +336,15 @@ impl Runtime {
         P: ComponentNamedList + Lower + Send + Sync,
         R: ComponentNamedList + Lift + Send + Sync + 'static,
     {
-        self.call_in(module, state, export, params, None).await
+        self.call_in(module, state, export, params, None, None).await
     }
 
-    /// [`Runtime::call`] with a slot for the request's [`Kept`] instance:
-    /// one in the slot is called instead of a fresh one (its state, from the
-    /// same request's earlier hook, stands; `state` is dropped) and taken
-    /// out; after a call that succeeded, the instance is left in the slot
-    /// when the kept budget allows. A failed instance is never kept.
-    pub async fn call_in<P, R>(&self, module: &PolicyModule, state: PolicyState, export: Export, params: P, slot: Option<&mut Option<Kept>>) -> (Result<R, PolicyFailure>, Vec<(String, String)>)
+    /// [`Runtime::call`] for a request that keeps instances ([`Kept`]):
+    /// `reuse`, the instance of the same request's earlier hook, is called
+    /// instead of a fresh one (its state stands; `state` is dropped); with
+    /// `keep`, the instance is left there after a call that succeeded, when
+    /// the kept budget allows. A failed instance is never kept.
+    pub async fn call_in<P, R>(&self, module: &PolicyModule, state: PolicyState, export: Export, params: P, reuse: Option<Kept>, keep: Option<&mut Option<Kept>>) -> (Result<R, PolicyFailure>, Vec<(String, String)>)
     where
         P: ComponentNamedList + Lower + Send + Sync,
         R: ComponentNamedList + Lift + Send + Sync + 'static,
@@ -355,8 +355,7 @@ impl Runtime {
         state.component = module.fingerprint;
         let (deadline, ticks) = self.deadline_of(&state);
         let memory_cap = state.memory.cap;
-        let mut slot = slot;
-        let (mut store, mut instance, place) = match slot.as_mut().and_then(|s| s.take()) {
+        let (mut store, mut instance, place) = match reuse {
             Some(Kept { mut store, instance, _place }) => {
                 store.set_epoch_deadline(ticks);
                 (store, Some(instance), Some(_place))
@@ -411,22 +410,21 @@ impl Runtime {
         };
         let audit = std::mem::take(&mut store.data_mut().audit);
         // Kept only after a call that succeeded: a trapped instance is never entered again.
-        if let (Some(slot), true, Some(instance)) = (slot, result.is_ok(), instance)
+        if let (Some(keep), true, Some(instance)) = (keep, result.is_ok(), instance)
             && let Some(place) = place.or_else(|| self.kept_place())
         {
-            *slot = Some(Kept { store, instance, _place: place });
+            *keep = Some(Kept { store, instance, _place: place });
         }
         (result, audit)
     }
 
     /// Instances kept for a later hook right now.
     pub fn kept_now(&self) -> u32 {
-        self.kept.load(std::sync::atomic::Ordering::Relaxed)
+        self.kept.load(Ordering::Relaxed)
     }
 
     /// A place in the kept budget, or `None` when it is spent.
     fn kept_place(&self) -> Option<KeptPlace> {
-        use std::sync::atomic::Ordering;
         let place = KeptPlace(self.kept.clone());
         (self.kept.fetch_add(1, Ordering::Relaxed) < self.max_kept).then_some(place)
     }
@@ -552,9 +550,9 @@ pub mod hooks {
 
     /// `on-request(head)`, leaving the instance in `slot` for the request's
     /// `on-response` when the kept budget allows ([`Runtime::call_in`]).
-    pub async fn on_request_in(rt: &Runtime, m: &PolicyModule, st: PolicyState, head: &types::RequestHead, slot: Option<&mut Option<Kept>>) -> (Result<types::Verdict, PolicyFailure>, Vec<(String, String)>) {
+    pub async fn on_request_in(rt: &Runtime, m: &PolicyModule, st: PolicyState, head: &types::RequestHead, keep: Option<&mut Option<Kept>>) -> (Result<types::Verdict, PolicyFailure>, Vec<(String, String)>) {
         let (settings, head) = (settings_of(&st), packed::head(head));
-        let (r, audit) = rt.call_in::<(&[u8], &[u8]), (types::Verdict,)>(m, st, Export::OnRequest, (&settings, &head), slot).await;
+        let (r, audit) = rt.call_in::<(&[u8], &[u8]), (types::Verdict,)>(m, st, Export::OnRequest, (&settings, &head), None, keep).await;
         (r.map(|r| r.0), audit)
     }
 
@@ -569,10 +567,7 @@ pub mod hooks {
         kept: Option<Kept>,
     ) -> (Result<types::ResponseEdits, PolicyFailure>, Vec<(String, String)>) {
         let (settings, head) = (settings_of(&st), packed::head(head));
-        let mut slot = kept;
-        let (r, audit) = rt
-            .call_in::<(&[u8], &[u8], &types::ResponseHead), (types::ResponseEdits,)>(m, st, Export::OnResponse, (&settings, &head, resp), slot.is_some().then_some(&mut slot))
-            .await;
+        let (r, audit) = rt.call_in::<(&[u8], &[u8], &types::ResponseHead), (types::ResponseEdits,)>(m, st, Export::OnResponse, (&settings, &head, resp), kept, None).await;
         (r.map(|r| r.0), audit)
     }
 
@@ -646,7 +641,7 @@ mod tests {
         let mut t = None;
         assert!(hooks::on_request_in(&rt, &trapper, state(), &head("/t"), Some(&mut t)).await.0.is_err());
         assert!(t.is_none(), "a trapped instance is never kept");
-        assert_eq!(rt.kept.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(rt.kept_now(), 0);
     }
 
     /// The ticker parks when no call has started for a while; a call that
